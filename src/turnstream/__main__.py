@@ -1,0 +1,3 @@
+from turnstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Bearer tokens: HS256 JWTs with ``sub``, ``tenant`` and ``exp``; the dev secret."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import msgspec
+
+from turnstream.errors import Invalid, Unauthorized
+
+TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SECRET_FILE = "jwt-secret"
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is asking: from the verified token, never from a request body."""
+
+    user_id: str
+    tenant: str
+    guest: bool = False
+    roles: tuple[str, ...] = ()
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+def mint(
+    secret: str,
+    *,
+    tenant: str,
+    user: str,
+    ttl_s: int = 3600,
+    guest: bool = False,
+    admin: bool = False,
+) -> str:
+    if not TENANT_RE.match(tenant):
+        msg = "A tenant id is 1 to 64 of A-Z, a-z, 0-9, '_' and '-'."
+        raise Invalid(msg)
+    if not user:
+        msg = "A user id cannot be empty."
+        raise Invalid(msg)
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user, "tenant": tenant, "iat": now, "exp": now + ttl_s}
+    if guest:
+        claims["guest"] = True
+    if admin:
+        claims["roles"] = ["admin"]
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def verify(secret: str, authorization: str | None) -> Caller:
+    """The caller named by an ``Authorization: Bearer …`` header, or Unauthorized."""
+    if not authorization:
+        msg = "This request needs an 'Authorization: Bearer <token>' header."
+        raise Unauthorized(msg)
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        msg = "The Authorization header must be 'Bearer <token>'."
+        raise Unauthorized(msg)
+    try:
+        claims = jwt.decode(
+            token.strip(),
+            secret,
+            algorithms=["HS256"],
+            options={"require": ["sub", "tenant", "exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        msg = "The token has expired."
+        raise Unauthorized(msg) from None
+    except jwt.InvalidTokenError:
+        msg = "The token is not valid."
+        raise Unauthorized(msg) from None
+    sub, tenant = claims.get("sub"), claims.get("tenant")
+    if not isinstance(sub, str) or not sub or not isinstance(tenant, str):
+        msg = "The token's sub and tenant claims must be strings."
+        raise Unauthorized(msg)
+    if not TENANT_RE.match(tenant):
+        msg = "The token's tenant claim is not a valid tenant id."
+        raise Unauthorized(msg)
+    roles = claims.get("roles") or []
+    return Caller(
+        user_id=sub,
+        tenant=tenant,
+        guest=claims.get("guest") is True,
+        roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
+    )
+
+
+def resolve_secret(configured: str | None, data_dir: Path) -> tuple[str, bool]:
+    """The signing secret and whether it is the generated dev secret in the data folder."""
+    if configured:
+        return configured, False
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        return path.read_text().strip(), True
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(secret)
+    return secret, True

@@ -1,0 +1,77 @@
+"""The composition root: everything is built here, from settings, and nowhere else.
+
+The HTTP app, the CLI, the benchmarks and the tests all call :func:`bootstrap`; no
+module does I/O at import time and there are no module-level singletons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from turnstream.auth import resolve_secret
+from turnstream.domain.application import (
+    TurnstreamApplication,
+    ensure_schema,
+    event_store_env,
+)
+from turnstream.providers import Providers
+from turnstream.service import ChatService
+from turnstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    database_url: str
+    app: TurnstreamApplication
+    service: ChatService
+    jwt_secret: str
+    dev_secret: bool
+    embedded: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close the store; stop the embedded servers this process started."""
+        self.app.close()
+        for server in reversed(self.embedded):
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+def start_database(settings: Settings) -> tuple[str, list[Any]]:
+    """The configured PostgreSQL, or an embedded one in the data folder."""
+    if settings.database_url:
+        return settings.database_url, []
+    from turnstream.embedded import EmbeddedPostgres
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedPostgres(settings.data_dir)
+    url = server.start()
+    log.info("embedded PostgreSQL ready in %s", settings.data_dir)
+    return url, [server]
+
+
+def build_application(settings: Settings, database_url: str) -> TurnstreamApplication:
+    ensure_schema(database_url, settings.database_schema)
+    return TurnstreamApplication(
+        event_store_env(database_url, settings.database_schema), database_url
+    )
+
+
+def bootstrap(settings: Settings) -> Container:
+    database_url, embedded = start_database(settings)
+    try:
+        app = build_application(settings, database_url)
+        models = settings.load_models()
+        providers = Providers(settings)
+        service = ChatService(settings, app, models, providers)
+        secret, dev = resolve_secret(settings.jwt_secret, settings.data_dir)
+    except BaseException:
+        for server in embedded:
+            server.stop()
+        raise
+    return Container(settings, database_url, app, service, secret, dev, embedded)

@@ -1,0 +1,129 @@
+"""``turnstream``: serve, token."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from turnstream.settings import Settings, SettingsError
+
+_TTL = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    match = _TTL.match(text.strip())
+    if not match:
+        msg = f"bad --ttl {text!r}: use seconds or a number with s, m, h or d (e.g. 1h)"
+        raise argparse.ArgumentTypeError(msg)
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        data_dir=getattr(args, "data_dir", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from turnstream.auth import mint
+    from turnstream.bootstrap import bootstrap
+    from turnstream.http.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    container = bootstrap(settings)
+    try:
+        app = create_app(container.service, container.jwt_secret, settings.max_body_bytes)
+        base = f"http://{settings.host}:{settings.port}"
+        print(f"turnstream on {base}  (API {base}/v1, docs {base}/schema)", flush=True)
+        if not settings.database_url:
+            print(f"embedded PostgreSQL, data in {settings.data_dir}", flush=True)
+        if container.dev_secret:
+            token = mint(container.jwt_secret, tenant="dev", user="dev", ttl_s=30 * 86400)
+            print("no TURNSTREAM_JWT_SECRET set: a dev secret lives in the data folder.")
+            print(f"dev token (tenant dev, user dev, 30 days):\n  {token}", flush=True)
+            print(
+                "try:\n"
+                f"  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer $TOKEN'"
+                " -H 'Content-Type: application/json' -d '{}'",
+                flush=True,
+            )
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        )
+        uvicorn.Server(config).run()
+    finally:
+        container.close()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from turnstream.auth import mint, resolve_secret
+
+    settings = _settings(args)
+    secret, _ = resolve_secret(settings.jwt_secret, settings.data_dir)
+    print(
+        mint(
+            secret,
+            tenant=args.tenant,
+            user=args.user,
+            ttl_s=args.ttl,
+            guest=args.guest,
+            admin=args.admin,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turnstream", description="An event-sourced chat backend for LLM chat apps."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (HTTP, turn runners)")
+    serve.add_argument("--host", help="bind address (TURNSTREAM_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (TURNSTREAM_PORT, default 8000)")
+    serve.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a bearer token signed with serve's secret")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime, e.g. 3600, 30m, 1h, 7d")
+    token.add_argument("--guest", action="store_true")
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:
+        print(f"turnstream: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

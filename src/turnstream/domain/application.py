@@ -1,0 +1,174 @@
+"""The event-sourced application: conversations and turns in one PostgreSQL log.
+
+Everything here is synchronous (the eventsourcing library is); the async service runs
+these calls on its bounded executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
+
+from turnstream.domain.conversation import Conversation, ConversationEvent
+from turnstream.domain.events import DomainEvent, MsgspecMapper, NullTranscoder, decode_event
+from turnstream.domain.postgres import TurnIndexRow, TurnstreamRecorder
+from turnstream.domain.turn import Turn, TurnEvent
+from turnstream.errors import ConversationNotFound
+
+APP_NAME = "turnstream"
+
+
+def event_store_env(database_url: str, schema: str, pool_size: int = 10) -> dict[str, str]:
+    """The library's settings, rendered from ours and passed explicitly (never os.environ)."""
+    info = conninfo_to_dict(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": get_topic(TurnstreamRecorder),
+        "MAPPER_TOPIC": get_topic(MsgspecMapper),
+        "TRANSCODER_TOPIC": get_topic(NullTranscoder),
+        "POSTGRES_DBNAME": str(info.get("dbname") or "postgres"),
+        "POSTGRES_HOST": str(info.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(info.get("port") or 5432),
+        "POSTGRES_USER": str(info.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(info.get("password") or ""),
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(pool_size * 2),
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "CREATE_TABLE": "y",
+    }
+
+
+def ensure_schema(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+
+
+class TurnstreamApplication(Application[UUID]):
+    name = APP_NAME
+
+    def __init__(self, env: Mapping[str, str], database_url: str) -> None:
+        super().__init__(env=dict(env))
+        self.database_url = database_url
+
+    @property
+    def store(self) -> TurnstreamRecorder:
+        return cast(TurnstreamRecorder, self.recorder)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A dedicated connection (not from the pool) for a long-lived worker."""
+        options = "-c search_path=" + self.store.datastore.schema
+        kwargs: dict[str, Any] = {"connect_timeout": 10, "autocommit": True, "options": options}
+        if not str(conninfo_to_dict(self.database_url).get("host", "")).startswith("/"):
+            # TCP: notice a dead peer within seconds instead of hours.
+            kwargs |= {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                       "keepalives_count": 3}
+        return psycopg.connect(self.database_url, **kwargs)
+
+    # Conversations.
+
+    def record(self, *events: DomainEvent) -> int:
+        """Store events through the library; returns the log position of the last."""
+        recordings = self.save(*events)
+        return recordings[-1].notification.id if recordings else 0
+
+    def conversation(self, conversation_id: UUID) -> Conversation:
+        """The conversation, or ConversationNotFound (also once deleted)."""
+        events = self.store.select_events(conversation_id)
+        conversation = Conversation.fold(
+            cast(ConversationEvent, self.mapper.to_domain_event(e)) for e in events
+        )
+        if conversation is None or conversation.deleted:
+            raise ConversationNotFound(conversation_id)
+        return conversation
+
+    # Turns.
+
+    def encode(self, event: DomainEvent) -> StoredEvent:
+        return self.mapper.to_stored_event(event)
+
+    def turn_events(
+        self, turn_id: UUID, after: int = 0, limit: int | None = None
+    ) -> list[TurnEvent]:
+        stored = self.store.select_events(turn_id, gt=after or None, limit=limit)
+        return [cast(TurnEvent, decode_event(e.topic, e.state)) for e in stored]
+
+    def turn(self, turn_id: UUID) -> Turn | None:
+        return Turn.fold(self.turn_events(turn_id))
+
+    def turn_summary(self, turn_id: UUID, ended: bool) -> Turn | None:
+        """A turn's state; an ended turn is read from its first and last events only."""
+        if not ended:
+            return self.turn(turn_id)
+        first = self.store.select_events(turn_id, limit=1)
+        last = self.store.select_events(turn_id, desc=True, limit=1)
+        if not first:
+            return None
+        turn = Turn.fold([cast(TurnEvent, decode_event(first[0].topic, first[0].state))])
+        assert turn is not None
+        if last and last[0].originator_version > 1:
+            final = cast(TurnEvent, decode_event(last[0].topic, last[0].state))
+            turn.version = final.originator_version - 1
+            turn.apply(final)
+        return turn
+
+    def conversation_turns(self, conversation_id: UUID) -> list[TurnIndexRow]:
+        return self.store.conversation_turns(conversation_id)
+
+    def start_turn(self, conn: psycopg.Connection[Any], started: Turn.Started) -> int:
+        """Record ``started`` as a new running turn; IntegrityError when one runs already."""
+        return self.store.start_turn(
+            conn, self.encode(started), started.conversation_id, started.node_id
+        )
+
+    def end_orphans(
+        self, conn: psycopg.Connection[Any], node_id: UUID, lock_key: int,
+        make_error: Any,
+    ) -> list[TurnEvent]:
+        """End the running turns of a dead node, if it is dead (its lock is free).
+
+        ``make_error(turn) -> Turn.Failed`` builds the terminal event. Returns the events
+        written. The node's advisory lock, taken for the transaction, keeps two nodes from
+        ending the same turns; the table lock orders the writes with every other writer.
+        """
+        written: list[TurnEvent] = []
+        try:
+            with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+                cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_key,))
+                row = cur.fetchone()
+                if row is None or not row[0]:
+                    return []
+                cur.execute(self.store.lock_sql)
+                for turn_id in self.store.running_turns_of(conn, node_id):
+                    stored = self.store.turn_stored_events(conn, turn_id)
+                    turn = Turn.fold(
+                        cast(TurnEvent, decode_event(e.topic, e.state)) for e in stored
+                    )
+                    if turn is None or turn.ended:
+                        continue
+                    written.append(make_error(turn))
+                if written:
+                    self.store.copy_events(cur, [self.encode(e) for e in written], lock=False)
+                    cur.execute(
+                        SQL("UPDATE {} SET ended = true WHERE turn_id = ANY(%s)").format(
+                            self.store.index_table
+                        ),
+                        ([e.originator_id for e in written],),
+                    )
+        except psycopg.errors.UniqueViolation:
+            # Another writer got there first (the runner was alive after all).
+            return []
+        return written
+
+
+def decode_turn_events(stored: Sequence[StoredEvent]) -> list[TurnEvent]:
+    return [cast(TurnEvent, decode_event(e.topic, e.state)) for e in stored]

@@ -1,0 +1,237 @@
+"""The group-commit writer: one per process, one transaction per batch, never idle-open.
+
+Runners hand it drafts (an event class and its fields) from the event loop. A single
+thread takes whatever has accumulated since its last commit, from all running turns,
+merges consecutive token (and reasoning) drafts of one turn into one event, numbers
+each turn's events, and writes them with one COPY under the event table's lock. Under
+light load a batch is one token and commits within a round trip or two; under heavy
+load batches grow and the lock, round trips and fsync are shared. Only after the commit
+does it hand the events on (``on_commit``), so a client never sees an uncommitted frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+
+from turnstream.domain.application import TurnstreamApplication
+from turnstream.domain.events import utcnow
+from turnstream.domain.turn import Turn, TurnEvent
+
+log = logging.getLogger(__name__)
+
+MERGEABLE = (Turn.TokensAppended, Turn.ReasoningAppended)
+
+
+@dataclass(slots=True)
+class Draft:
+    turn_id: UUID
+    cls: type[TurnEvent]
+    fields: dict[str, Any]
+    at: Any = field(default_factory=utcnow)
+
+
+@dataclass(slots=True)
+class WriterStats:
+    batches: int = 0
+    events: int = 0
+    drafts: int = 0
+    last_batch_size: int = 0
+    last_commit_s: float = 0.0
+    failures: int = 0
+
+
+CommitCallback = Callable[[Sequence[TurnEvent], int], None]
+LostCallback = Callable[[UUID], None]
+
+
+class GroupWriter:
+    """Writes the events of running turns in group commits on its own thread."""
+
+    def __init__(
+        self,
+        app: TurnstreamApplication,
+        on_commit: CommitCallback,
+        on_lost: LostCallback,
+        *,
+        max_batch: int = 5000,
+    ) -> None:
+        self.app = app
+        self.on_commit = on_commit
+        self.on_lost = on_lost
+        self.max_batch = max_batch
+        self.stats = WriterStats()
+        self._cond = threading.Condition()
+        self._pending: list[Draft] = []
+        self._versions: dict[UUID, int] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="turnstream-writer", daemon=True)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # Called from the event loop.
+
+    def open_turn(self, turn_id: UUID, version: int) -> None:
+        """A turn whose events up to ``version`` are stored; its next event is version+1."""
+        with self._cond:
+            self._versions[turn_id] = version
+
+    def submit(self, turn_id: UUID, cls: type[TurnEvent], **fields: Any) -> None:
+        with self._cond:
+            if turn_id not in self._versions:
+                return  # the turn was lost or has ended; nothing more may be written
+            self._pending.append(Draft(turn_id, cls, fields))
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is pending, then stop."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._conn is not None:
+            self._conn.close()
+
+    # The writer thread.
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if not self._pending and self._stopping:
+                    return
+                drafts = self._take()
+            self._write(drafts)
+
+    def _take(self) -> list[Draft]:
+        """Up to max_batch drafts, whole (a merged run counts once)."""
+        drafts = self._pending[: self.max_batch]
+        del self._pending[: self.max_batch]
+        return drafts
+
+    def _build(self, drafts: list[Draft]) -> tuple[list[TurnEvent], list[UUID]]:
+        merged: list[Draft] = []
+        last_of_turn: dict[UUID, Draft] = {}
+        for d in drafts:
+            prev = last_of_turn.get(d.turn_id)
+            if prev is not None and prev.cls is d.cls and d.cls in MERGEABLE:
+                prev.fields["text"] += d.fields["text"]
+                continue
+            merged.append(d)
+            last_of_turn[d.turn_id] = d
+        events: list[TurnEvent] = []
+        ended: list[UUID] = []
+        with self._cond:
+            for d in merged:
+                version = self._versions.get(d.turn_id)
+                if version is None:
+                    continue
+                version += 1
+                self._versions[d.turn_id] = version
+                events.append(
+                    d.cls(
+                        originator_id=d.turn_id,
+                        originator_version=version,
+                        timestamp=d.at,
+                        **d.fields,
+                    )
+                )
+                if d.cls.TERMINAL:
+                    ended.append(d.turn_id)
+                    del self._versions[d.turn_id]
+        self.stats.drafts += len(drafts)
+        return events, ended
+
+    def _write(self, drafts: list[Draft]) -> None:
+        events, ended = self._build(drafts)
+        if not events:
+            return
+        attempt = 0
+        while True:
+            try:
+                position = self._commit(events, ended)
+            except IntegrityError:
+                # Another writer ended one of these turns (it judged the runner dead):
+                # write turn by turn, and give up only the turns that conflict.
+                self._write_each(events)
+                return
+            except psycopg.OperationalError as exc:
+                self._reset()
+                attempt += 1
+                self.stats.failures += 1
+                if self._already_stored(events):
+                    position = 0
+                else:
+                    delay = min(5.0, 0.1 * 2**attempt)
+                    log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+                    time.sleep(delay)
+                    continue
+            self.on_commit(events, position)
+            return
+
+    def _commit(self, events: Sequence[TurnEvent], ended: Sequence[UUID]) -> int:
+        conn = self._connection()
+        stored = [self.app.encode(e) for e in events]
+        t0 = time.perf_counter()
+        position = self.app.store.append_batch(conn, stored, ended)
+        self.stats.last_commit_s = time.perf_counter() - t0
+        self.stats.batches += 1
+        self.stats.events += len(events)
+        self.stats.last_batch_size = len(events)
+        return position
+
+    def _write_each(self, events: list[TurnEvent]) -> None:
+        by_turn: dict[UUID, list[TurnEvent]] = {}
+        for e in events:
+            by_turn.setdefault(e.originator_id, []).append(e)
+        for turn_id, turn_events in by_turn.items():
+            ended = [turn_id] if turn_events[-1].TERMINAL else []
+            try:
+                position = self._commit(turn_events, ended)
+            except IntegrityError:
+                log.warning("turn %s was ended by another node; dropping its output", turn_id)
+                with self._cond:
+                    self._versions.pop(turn_id, None)
+                    self._pending = [d for d in self._pending if d.turn_id != turn_id]
+                self.on_lost(turn_id)
+                continue
+            self.on_commit(turn_events, position)
+
+    def _already_stored(self, events: Sequence[TurnEvent]) -> bool:
+        """After a lost connection: did the last commit land before the line dropped?"""
+        last = events[-1]
+        try:
+            stored = self.app.store.select_events(
+                last.originator_id, gt=last.originator_version - 1, limit=1
+            )
+        except (OperationalError, InterfaceError):  # still down; the caller retries
+            return False
+        return bool(stored) and stored[0].state == self.app.encode(last).state
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self.app.connect()
+        return self._conn
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

@@ -1,0 +1,264 @@
+"""The HTTP API (Litestar): routes of the contract, auth, SSE and problem+json."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from litestar import Litestar, Request, Response, Router, get, patch, post, delete
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import Parameter
+from litestar.response import Stream
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from turnstream.auth import Caller, verify
+from turnstream.errors import Invalid, ServiceUnavailable
+from turnstream.http.problems import EXCEPTION_HANDLERS, problem
+from turnstream.http.sse import HEADERS
+from turnstream.projections.views import ConversationSummary, ConversationView
+from turnstream.service import ChatService, TurnRequest
+
+EVENT_STREAM = "text/event-stream"
+
+
+class NewConversation(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str | None = None
+    title: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    system_prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
+
+
+class ConversationPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class NewTurn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    content: str | None = None
+    mode: Literal["message", "retry", "edit", "continue"] = "message"
+    parent_id: UUID | None = None
+    message_id: UUID | None = None
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    id: str
+    provider: str
+    context_window: int
+    supports: list[str]
+    default: bool
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    data: list[ModelInfo]
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    checks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+def _service(request: Request[Any, Any, Any]) -> ChatService:
+    service: ChatService = request.app.state.service
+    return service
+
+
+async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+    return verify(request.app.state.jwt_secret, request.headers.get("authorization"))
+
+
+async def provide_service(request: Request[Any, Any, Any]) -> ChatService:
+    return _service(request)
+
+
+def _resume_from(request: Request[Any, Any, Any], after: int | None) -> int:
+    """``Last-Event-ID`` (it wins) or ``?after=``: the last seq the client has."""
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        value = header.strip()
+        if not value.isdigit() or len(value) > 18:
+            raise Invalid("Last-Event-ID must be a non-negative integer (a frame's id).")
+        return int(value)
+    return after or 0
+
+
+def _sse(frames: AsyncIterator[bytes]) -> Stream:
+    return Stream(frames, media_type=EVENT_STREAM, headers=HEADERS)
+
+
+@get("/healthz", tags=["operations"], summary="Liveness")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["operations"], summary="Readiness: the event store answers")
+async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
+    service = _service(request)
+    if not service.ready() or not await service.check_store():
+        return problem(503, "service_unavailable", "Service unavailable",
+                       "PostgreSQL is not reachable.", checks={"postgres": "down"})
+    return Response(Health(status="ok", checks={"postgres": "ok"}))
+
+
+@get("/models", tags=["models"], summary="The configured models")
+async def list_models(service: ChatService, caller: Caller) -> ModelList:
+    return ModelList(
+        data=[
+            ModelInfo(
+                id=m.id,
+                provider=m.provider,
+                context_window=m.context_window,
+                supports=list(m.supports),
+                default=m.default or (m.id == "demo" and not any(x.default for x in service.models.values())),
+            )
+            for m in service.models.values()
+        ]
+    )
+
+
+@post("/conversations", tags=["conversations"], summary="Create a conversation")
+async def create_conversation(
+    service: ChatService, caller: Caller, data: NewConversation
+) -> ConversationSummary:
+    return await service.create_conversation(
+        caller, model=data.model, title=data.title, system_prompt=data.system_prompt
+    )
+
+
+@get("/conversations/{cid:uuid}", tags=["conversations"], summary="A conversation and its messages")
+async def get_conversation(service: ChatService, caller: Caller, cid: UUID) -> ConversationView:
+    return await service.conversation_view(caller, cid)
+
+
+@patch("/conversations/{cid:uuid}", tags=["conversations"], summary="Rename a conversation")
+async def rename_conversation(
+    service: ChatService, caller: Caller, cid: UUID, data: ConversationPatch
+) -> ConversationView:
+    await service.rename(caller, cid, data.title)
+    return await service.conversation_view(caller, cid)
+
+
+@delete("/conversations/{cid:uuid}", tags=["conversations"], summary="Delete a conversation",
+        status_code=HTTP_204_NO_CONTENT)
+async def delete_conversation(service: ChatService, caller: Caller, cid: UUID) -> None:
+    await service.delete(caller, cid)
+
+
+@post(
+    "/conversations/{cid:uuid}/turns",
+    tags=["turns"],
+    summary="Start a turn; the response is its SSE stream",
+    status_code=200,
+    media_type=EVENT_STREAM,
+)
+async def start_turn(
+    request: Request[Any, Any, Any], service: ChatService, caller: Caller, cid: UUID,
+    data: NewTurn,
+) -> Stream:
+    after = _resume_from(request, None)
+    turn_id = await service.start_turn(
+        caller,
+        cid,
+        TurnRequest(
+            content=data.content,
+            mode=data.mode,
+            parent_id=data.parent_id,
+            message_id=data.message_id,
+            request_id=data.request_id,
+            model=data.model,
+        ),
+    )
+    return _sse(service.follow(turn_id, after))
+
+
+@get(
+    "/conversations/{cid:uuid}/turns/{tid:uuid}/events",
+    tags=["turns"],
+    summary="A turn's events after Last-Event-ID or ?after=, then live",
+    media_type=EVENT_STREAM,
+)
+async def turn_events(
+    request: Request[Any, Any, Any], service: ChatService, caller: Caller, cid: UUID, tid: UUID,
+    after: Annotated[int | None, Parameter(query="after", ge=0, le=10**15)] = None,
+) -> Stream:
+    start = _resume_from(request, after)
+    await service.check_turn(caller, cid, tid)
+    return _sse(service.follow(tid, start))
+
+
+@get(
+    "/conversations/{cid:uuid}/stream",
+    tags=["turns"],
+    summary="The active turn's events; 204 when none is running",
+    media_type=EVENT_STREAM,
+)
+async def active_stream(
+    request: Request[Any, Any, Any], service: ChatService, caller: Caller, cid: UUID
+) -> Response[Any]:
+    start = _resume_from(request, None)
+    turn_id = await service.active_turn(caller, cid)
+    if turn_id is None:
+        return Response(None, status_code=HTTP_204_NO_CONTENT)
+    return _sse(service.follow(turn_id, start))
+
+
+@post(
+    "/conversations/{cid:uuid}/turns/{tid:uuid}/cancel",
+    tags=["turns"],
+    summary="Cancel a running turn (idempotent)",
+    status_code=HTTP_202_ACCEPTED,
+)
+async def cancel_turn(service: ChatService, caller: Caller, cid: UUID, tid: UUID) -> dict[str, str]:
+    await service.cancel(caller, cid, tid)
+    return {"turn_id": str(tid), "status": "cancelling"}
+
+
+def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Litestar:
+    """The Litestar app around a started-or-not service; its lifespan starts and stops it."""
+
+    async def on_startup(app: Litestar) -> None:
+        await service.start()
+
+    async def on_shutdown(app: Litestar) -> None:
+        await service.stop()
+
+    v1 = Router(
+        path="/v1",
+        route_handlers=[
+            list_models, create_conversation, get_conversation, rename_conversation,
+            delete_conversation, start_turn, turn_events, active_stream, cancel_turn,
+        ],
+        dependencies={"caller": Provide(provide_caller), "service": Provide(provide_service)},
+        security=[{"bearer": []}],
+    )
+    app = Litestar(
+        route_handlers=[healthz, readyz, v1],
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        request_max_body_size=max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="turnstream",
+            version="1",
+            description="Event-sourced chat backend: turns as append-only event streams.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+                }
+            ),
+        ),
+        debug=False,
+    )
+    app.state.service = service
+    app.state.jwt_secret = jwt_secret
+    return app
+
+
+__all__ = ["ASGIConnection", "ServiceUnavailable", "create_app"]

@@ -1,0 +1,590 @@
+"""The chat service: conversations, turn runners, followers, and orphan recovery.
+
+The async face of the synchronous event store. Store calls run on a bounded executor
+owned by the service (copying contextvars); the group-commit writer runs on its own
+thread; turn runners are asyncio tasks that outlive the request that started them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, ParamSpec, TypeVar
+from uuid import UUID, uuid4
+
+import psycopg
+from eventsourcing.persistence import IntegrityError
+
+from turnstream.auth import Caller
+from turnstream.bus.local import Frame, LocalBus
+from turnstream.domain.application import TurnstreamApplication
+from turnstream.domain.conversation import Conversation
+from turnstream.domain.events import utcnow
+from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
+from turnstream.domain.writer import GroupWriter
+from turnstream.errors import (
+    ConversationNotFound,
+    Invalid,
+    MessageNotFound,
+    ModelUnavailable,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TurnInProgress,
+    TurnNotFound,
+    UnknownModel,
+)
+from turnstream.http.sse import PING, encode_frame
+from turnstream.ids import stable_id, uuid7
+from turnstream.projections.views import (
+    ConversationSummary,
+    ConversationView,
+    conversation_view,
+    model_path,
+    summary,
+)
+from turnstream.providers import Providers
+from turnstream.providers.base import (
+    ChatMessage,
+    Completed,
+    ProviderError,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+    estimate_usage,
+)
+from turnstream.providers.title import heuristic_title, llm_title
+from turnstream.settings import ModelConfig, Settings, default_model_id
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+LOCK_CLASS = 0x7475726E  # "turn": the advisory-lock namespace of node leases
+
+
+def node_lock_key(node_id: UUID) -> int:
+    """The 64-bit advisory lock a node holds for as long as it lives."""
+    return (LOCK_CLASS << 32) | int.from_bytes(node_id.bytes[:4], "big")
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@dataclass(eq=False)
+class RunningTurn:
+    started: Turn.Started
+    model: ModelConfig
+    messages: list[ChatMessage]
+    first_turn: bool
+    title: str | None
+    task: asyncio.Task[None] | None = None
+    cancel_reason: str | None = None
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+
+    @property
+    def turn_id(self) -> UUID:
+        return self.started.originator_id
+
+
+class TurnRequest:
+    """A validated request to start a turn (built by the HTTP layer from the body)."""
+
+    def __init__(
+        self,
+        *,
+        content: str | None,
+        mode: Literal["message", "retry", "edit", "continue"] = "message",
+        parent_id: UUID | None = None,
+        message_id: UUID | None = None,
+        request_id: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        self.content = content
+        self.mode = mode
+        self.parent_id = parent_id
+        self.message_id = message_id
+        self.request_id = request_id
+        self.model = model
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        app: TurnstreamApplication,
+        models: dict[str, ModelConfig],
+        providers: Providers,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.models = models
+        self.providers = providers
+        self.node_id = uuid4()
+        self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="turnstream-store")
+        self.bus = LocalBus(encode_frame)
+        self.writer = GroupWriter(
+            app, self._committed, self._lost, max_batch=settings.writer_max_batch
+        )
+        self.running: dict[UUID, RunningTurn] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lease: psycopg.Connection[Any] | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._ready = False
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.run(self._take_lease)
+        self.writer.start()
+        self._janitor = asyncio.create_task(self._janitor_loop(), name="turnstream-janitor")
+        self._ready = True
+
+    async def stop(self) -> None:
+        """Let running turns finish for the grace period, interrupt the rest, flush."""
+        self._ready = False
+        if self.running:
+            tasks = [t.task for t in self.running.values() if t.task is not None]
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+            for running in list(self.running.values()):
+                self.cancel_local(running.turn_id, reason="shutdown")
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        if self._lease is not None:
+            self._lease.close()
+        await self.providers.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a store call on the service's executor, with this context's variables."""
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, fn, *args, **kwargs)
+        return await loop.run_in_executor(self.executor, call)
+
+    def ready(self) -> bool:
+        return self._ready
+
+    async def check_store(self) -> bool:
+        def ping() -> bool:
+            with self.app.store.datastore.get_connection() as conn:
+                conn.execute("SELECT 1")
+            return True
+
+        try:
+            return await asyncio.wait_for(self.run(ping), timeout=3)
+        except Exception:  # any failure means "not ready"; the probe says no more
+            return False
+
+    # Conversations.
+
+    async def create_conversation(
+        self,
+        caller: Caller,
+        *,
+        model: str | None,
+        title: str | None,
+        system_prompt: str | None,
+    ) -> ConversationSummary:
+        model_id = model or default_model_id(self.models)
+        if model_id not in self.models:
+            raise UnknownModel(model_id)
+        created = Conversation.create(
+            uuid7(),
+            tenant=caller.tenant,
+            owner=caller.user_id,
+            model=model_id,
+            title=title,
+            system_prompt=system_prompt,
+        )
+        await self.run(self.app.record, created)
+        conversation = Conversation.fold([created])
+        assert conversation is not None
+        return summary(conversation)
+
+    async def conversation(self, caller: Caller, conversation_id: UUID) -> Conversation:
+        """The caller's conversation; anything else is 'not found', never 'forbidden'."""
+        conversation = await self.run(self.app.conversation, conversation_id)
+        if conversation.tenant != caller.tenant or conversation.owner != caller.user_id:
+            raise ConversationNotFound(conversation_id)
+        return conversation
+
+    async def conversation_view(self, caller: Caller, conversation_id: UUID) -> ConversationView:
+        conversation = await self.conversation(caller, conversation_id)
+        turns = await self.run(self._turns_of, conversation_id)
+        return conversation_view(conversation, turns)
+
+    def _turns_of(self, conversation_id: UUID) -> list[Turn]:
+        turns = []
+        for row in self.app.conversation_turns(conversation_id):
+            turn = self.app.turn_summary(row.turn_id, row.ended)
+            if turn is not None:
+                turns.append(turn)
+        return turns
+
+    async def rename(self, caller: Caller, conversation_id: UUID, title: str) -> None:
+        conversation = await self.conversation(caller, conversation_id)
+        await self.run(self.app.record, conversation.rename(title))
+
+    async def delete(self, caller: Caller, conversation_id: UUID) -> None:
+        conversation = await self.conversation(caller, conversation_id)
+        await self.run(self.app.record, conversation.delete())
+
+    # Turns.
+
+    async def start_turn(
+        self, caller: Caller, conversation_id: UUID, request: TurnRequest
+    ) -> UUID:
+        """Validate, record ``turn.started`` and launch the runner; returns the turn id.
+
+        With a ``request_id`` already used in this conversation, returns that turn
+        instead of starting another generation.
+        """
+        conversation = await self.conversation(caller, conversation_id)
+        if request.mode != "message":
+            raise Invalid(f"Mode {request.mode!r} is not supported yet.")
+        content = (request.content or "").strip()
+        if not content:
+            raise Invalid("A message needs non-empty 'content'.")
+        if len(request.content or "") > self.settings.max_content_chars:
+            raise PayloadTooLarge(
+                f"A message has at most {self.settings.max_content_chars} characters.",
+                max_chars=self.settings.max_content_chars,
+            )
+        model_id = request.model or conversation.model
+        model = self.models.get(model_id)
+        if model is None:
+            if request.model is not None:
+                raise UnknownModel(model_id)
+            raise ModelUnavailable(f"The conversation's model {model_id!r} is no longer served.")
+        turn_id = (
+            stable_id(conversation_id, request.request_id)
+            if request.request_id
+            else uuid7()
+        )
+        if request.request_id:
+            row = await self.run(self.app.store.turn_row, turn_id)
+            if row is not None and row.conversation_id == conversation_id:
+                return turn_id
+        turns = await self.run(self._turns_of, conversation_id)
+        leaf = turns[-1].started.assistant_message_id if turns else None
+        parent_id = request.parent_id or leaf
+        if request.parent_id is not None and request.parent_id not in {
+            t.started.assistant_message_id for t in turns
+        }:
+            raise MessageNotFound(request.parent_id)
+        path = model_path(conversation, turns)
+        messages = [ChatMessage(role, text) for role, text in path]  # type: ignore[arg-type]
+        messages.append(ChatMessage("user", content))
+        started = Turn.Started(
+            originator_id=turn_id,
+            originator_version=1,
+            timestamp=utcnow(),
+            conversation_id=conversation_id,
+            tenant=caller.tenant,
+            user_id=caller.user_id,
+            node_id=self.node_id,
+            mode="message",
+            user_message_id=uuid7(),
+            assistant_message_id=uuid7(),
+            parent_id=parent_id,
+            model=model.id,
+            request_id=request.request_id,
+            content=content,
+        )
+        try:
+            await self.run(self._record_start, started)
+        except IntegrityError:
+            running = await self.run(self.app.store.running_turn, conversation_id)
+            if request.request_id:
+                row = await self.run(self.app.store.turn_row, turn_id)
+                if row is not None and row.conversation_id == conversation_id:
+                    return turn_id
+            if running is not None:
+                raise TurnInProgress(running) from None
+            raise ServiceUnavailable("The turn could not be started; try again.") from None
+        except (psycopg.OperationalError, OSError):
+            raise ServiceUnavailable("The event store is unavailable; try again.") from None
+        running_turn = RunningTurn(
+            started=started,
+            model=model,
+            messages=messages,
+            first_turn=not turns,
+            title=conversation.title,
+        )
+        self.running[turn_id] = running_turn
+        self.bus.open(turn_id)
+        self.writer.open_turn(turn_id, 1)
+        running_turn.task = asyncio.create_task(self._run_turn(running_turn), name=f"turn-{turn_id}")
+        return turn_id
+
+    def _record_start(self, started: Turn.Started) -> int:
+        with self.app.store.datastore.get_connection() as conn:
+            return self.app.start_turn(conn, started)
+
+    async def check_turn(self, caller: Caller, conversation_id: UUID, turn_id: UUID) -> None:
+        """The turn exists in the caller's conversation, else 404."""
+        await self.conversation(caller, conversation_id)
+        row = await self.run(self.app.store.turn_row, turn_id)
+        if row is None or row.conversation_id != conversation_id:
+            raise TurnNotFound(turn_id)
+
+    async def active_turn(self, caller: Caller, conversation_id: UUID) -> UUID | None:
+        await self.conversation(caller, conversation_id)
+        return await self.run(self.app.store.running_turn, conversation_id)
+
+    async def cancel(self, caller: Caller, conversation_id: UUID, turn_id: UUID) -> None:
+        await self.check_turn(caller, conversation_id, turn_id)
+        self.cancel_local(turn_id, reason="cancelled")
+
+    def cancel_local(self, turn_id: UUID, *, reason: str) -> bool:
+        running = self.running.get(turn_id)
+        if running is None or running.task is None or running.cancel_reason is not None:
+            return False
+        running.cancel_reason = reason
+        running.task.cancel()
+        return True
+
+    async def follow(self, turn_id: UUID, after: int = 0) -> AsyncIterator[bytes]:
+        """The turn's frames after ``after``, then live until its terminal frame.
+
+        Subscribes before reading the store, so nothing committed in between is missed;
+        drops by ``seq`` what the store read already gave, so nothing is sent twice.
+        """
+        queue = self.bus.subscribe(turn_id)
+        last = after
+        last_sent = time.monotonic()
+        ping_every = self.settings.ping_interval_s
+        try:
+            while True:
+                events = await self.run(self.app.turn_events, turn_id, last)
+                for event in events:
+                    yield encode_frame(event)
+                    last = event.originator_version
+                    if event.TERMINAL:
+                        return
+                last_sent = time.monotonic() if events else last_sent
+                # Live: frames from the local writer, or a store poll for a turn
+                # that runs elsewhere (or whose runner is gone).
+                while True:
+                    local = self.bus.is_running(turn_id)
+                    wait = ping_every - (time.monotonic() - last_sent)
+                    if not local:
+                        wait = min(wait, self.settings.store_poll_interval_s)
+                    try:
+                        frame: Frame = await asyncio.wait_for(queue.get(), max(wait, 0.0))
+                    except TimeoutError:
+                        if time.monotonic() - last_sent >= ping_every:
+                            yield PING
+                            last_sent = time.monotonic()
+                        if not self.bus.is_running(turn_id):
+                            break  # poll the store
+                        continue
+                    if frame.seq <= last:
+                        continue
+                    if frame.seq != last + 1:
+                        break  # a gap (should not happen): fill it from the store
+                    yield frame.data
+                    last = frame.seq
+                    last_sent = time.monotonic()
+                    if frame.terminal:
+                        return
+        finally:
+            self.bus.unsubscribe(turn_id, queue)
+
+    # The runner.
+
+    async def _run_turn(self, turn: RunningTurn) -> None:
+        turn_id = turn.turn_id
+        submit = self.writer.submit
+        usage: Usage | None = None
+        finish_reason = "stop"
+        title_task: asyncio.Task[str] | None = None
+        try:
+            if turn.first_turn:
+                title_task = self._title_task(turn)
+            provider = self.providers.for_model(turn.model)
+            async for chunk in provider.stream(turn.model, turn.messages):
+                if isinstance(chunk, TextDelta):
+                    if chunk.text:
+                        turn.text.append(chunk.text)
+                        submit(turn_id, Turn.TokensAppended, text=chunk.text)
+                elif isinstance(chunk, ReasoningDelta):
+                    if chunk.text:
+                        turn.reasoning.append(chunk.text)
+                        submit(turn_id, Turn.ReasoningAppended, text=chunk.text)
+                elif isinstance(chunk, Completed):
+                    usage = chunk.usage
+                    finish_reason = chunk.finish_reason
+                if title_task is not None and title_task.done():
+                    submit(turn_id, Turn.Titled, title=title_task.result())
+                    title_task = None
+            if title_task is not None:
+                submit(turn_id, Turn.Titled, title=await title_task)
+                title_task = None
+            text, reasoning = "".join(turn.text), "".join(turn.reasoning)
+            if usage is None:
+                usage = estimate_usage(turn.messages, text, reasoning)
+            submit(
+                turn_id,
+                Turn.Finished,
+                status="completed",
+                text=text,
+                reasoning=reasoning,
+                finish_reason=finish_reason,
+                usage=_usage(usage),
+            )
+        except asyncio.CancelledError:
+            if turn.cancel_reason is None:
+                raise
+            text, reasoning = "".join(turn.text), "".join(turn.reasoning)
+            submit(
+                turn_id,
+                Turn.Finished,
+                status="interrupted",
+                text=text,
+                reasoning=reasoning,
+                finish_reason=turn.cancel_reason,
+                usage=_usage(estimate_usage(turn.messages, text, reasoning)),
+            )
+        except ProviderError as exc:
+            text, reasoning = "".join(turn.text), "".join(turn.reasoning)
+            submit(
+                turn_id,
+                Turn.Failed,
+                code=exc.code,
+                message=str(exc),
+                text=text,
+                reasoning=reasoning,
+                usage=_usage(estimate_usage(turn.messages, text, reasoning)),
+            )
+        except Exception:
+            log.exception("turn %s failed", turn_id)
+            submit(
+                turn_id,
+                Turn.Failed,
+                code="internal_error",
+                message="The turn failed unexpectedly.",
+                text="".join(turn.text),
+                reasoning="".join(turn.reasoning),
+            )
+        finally:
+            if title_task is not None:
+                title_task.cancel()
+            self.running.pop(turn_id, None)
+
+    def _title_task(self, turn: RunningTurn) -> asyncio.Task[str]:
+        content = turn.started.content
+        if turn.title:
+            title = turn.title
+
+            async def given() -> str:
+                return title
+
+            return asyncio.create_task(given())
+        if turn.model.title_model:
+            title_model = self.models[turn.model.title_model]
+            provider = self.providers.for_model(title_model)
+            return asyncio.create_task(llm_title(provider, title_model, content))
+
+        async def heuristic() -> str:
+            return heuristic_title(content)
+
+        return asyncio.create_task(heuristic())
+
+    # From the writer thread.
+
+    def _committed(self, events: Any, position: int) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.bus.publish, events)
+
+    def _lost(self, turn_id: UUID) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_lost, turn_id)
+
+    def _on_lost(self, turn_id: UUID) -> None:
+        self.bus.lost(turn_id)
+        running = self.running.get(turn_id)
+        if running is not None and running.task is not None:
+            running.cancel_reason = "lost"
+            running.task.cancel()
+
+    # Node lease and orphan recovery.
+
+    def _take_lease(self) -> None:
+        self._lease = self.app.connect()
+        self._lease.execute(
+            "SELECT pg_advisory_lock(%s)", (_signed64(node_lock_key(self.node_id)),)
+        )
+
+    def _keep_lease(self) -> None:
+        try:
+            if self._lease is None or self._lease.closed:
+                raise psycopg.OperationalError("lease connection closed")
+            self._lease.execute("SELECT 1")
+        except psycopg.Error:
+            log.warning("node lease lost; taking it again")
+            if self._lease is not None:
+                self._lease.close()
+            self._take_lease()
+
+    async def _janitor_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while True:
+            try:
+                await self.run(self._keep_lease)
+                if conn is None or conn.closed:
+                    conn = await self.run(self.app.connect)
+                await self.run(self._end_orphans, conn)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("orphan check failed: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+            await asyncio.sleep(self.settings.runner_check_interval_s)
+
+    def _end_orphans(self, conn: psycopg.Connection[Any]) -> int:
+        ended = 0
+        for node_id in self.app.store.running_nodes(exclude=self.node_id):
+            written = self.app.end_orphans(
+                conn, node_id, _signed64(node_lock_key(node_id)), _runner_lost
+            )
+            for event in written:
+                log.warning("turn %s: runner on node %s lost", event.originator_id, node_id)
+            ended += len(written)
+        return ended
+
+
+def _usage(usage: Usage) -> TurnUsage:
+    return TurnUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        estimated=usage.estimated,
+    )
+
+
+def _runner_lost(turn: Turn) -> TurnEvent:
+    return Turn.Failed(
+        originator_id=turn.id,
+        originator_version=turn.version + 1,
+        timestamp=utcnow(),
+        code="runner_lost",
+        message="The process running this turn stopped; the text streamed so far is kept.",
+        text=turn.text,
+        reasoning=turn.reasoning,
+    )

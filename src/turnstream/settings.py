@@ -1,0 +1,161 @@
+"""One typed settings object, read once from ``TURNSTREAM_*`` variables.
+
+Each field's docstring is the operator's documentation; the README's settings table
+is generated from the same names. Models come from a TOML file (``TURNSTREAM_MODELS``);
+the built-in ``demo`` model is always present unless the file redefines it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import platformdirs
+
+ENV_PREFIX = "TURNSTREAM_"
+
+
+class SettingsError(Exception):
+    """A setting or the models file is malformed; the message says which and why."""
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One model a client may name, and how to reach it."""
+
+    id: str
+    """What clients send as ``model``."""
+    provider: Literal["openai", "demo"] = "openai"
+    base_url: str | None = None
+    """The OpenAI-compatible server's base URL, e.g. ``http://127.0.0.1:8080/v1``."""
+    model: str | None = None
+    """The provider's own model name (defaults to ``id``)."""
+    api_key_env: str | None = None
+    """The environment variable that holds the API key (never the key itself)."""
+    context_window: int = 8192
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    default: bool = False
+    title_model: str | None = None
+    """Another configured model id that writes the conversation title; else a heuristic."""
+    supports: tuple[str, ...] = ("chat", "streaming")
+    temperature: float | None = None
+    timeout_s: float = 120.0
+    """How long the provider may stay silent before the turn fails."""
+
+    @property
+    def provider_model(self) -> str:
+        return self.model or self.id
+
+
+DEMO_MODEL = ModelConfig(
+    id="demo",
+    provider="demo",
+    context_window=32768,
+    supports=("chat", "streaming", "reasoning"),
+)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything an operator can set. Field ``x_y`` is read from ``TURNSTREAM_X_Y``."""
+
+    data_dir: Path = Path(platformdirs.user_data_dir("turnstream"))
+    """Where the embedded servers keep their data and where the dev secret lives."""
+    database_url: str | None = None
+    """PostgreSQL URL. Unset: an embedded PostgreSQL in the data folder."""
+    database_schema: str = "turnstream"
+    """The PostgreSQL schema holding the event store and its tables."""
+    nats_url: str | None = None
+    """NATS URL. Unset: an embedded nats-server with JetStream in the data folder."""
+    jwt_secret: str | None = None
+    """HS256 secret. Unset: a secret created once in the data folder (dev tokens printed)."""
+    models: Path | None = None
+    """The models TOML file."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    demo_tokens_per_s: float = 20.0
+    """Speed of the built-in demo model."""
+    demo_tokens: int = 120
+    """Length of the demo model's answers, in tokens."""
+    ping_interval_s: float = 15.0
+    """Seconds of silence on an SSE stream before a ``: ping`` comment."""
+    runner_check_interval_s: float = 5.0
+    """How often each node looks for turns whose runner died (runner_lost)."""
+    store_poll_interval_s: float = 0.2
+    """How often a reader polls the store for a turn this node is not running."""
+    max_content_chars: int = 100_000
+    """The longest message a client may send (413 payload_too_large beyond)."""
+    max_body_bytes: int = 1_048_576
+    """The largest request body accepted."""
+    writer_max_batch: int = 5000
+    """The most events one group commit writes."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long running turns may finish before they are interrupted."""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read the settings from ``TURNSTREAM_*`` variables (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            value = env.get(ENV_PREFIX + name.upper())
+            if value is not None and value != "":
+                raw[name] = value
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(raw, cls, strict=False, dec_hook=_dec_path)
+        except msgspec.ValidationError as exc:
+            msg = f"bad setting: {exc} (variables are named {ENV_PREFIX}<FIELD>)"
+            raise SettingsError(msg) from None
+
+    def load_models(self) -> dict[str, ModelConfig]:
+        """The configured models by id, ``demo`` first unless the file redefines it."""
+        models: dict[str, ModelConfig] = {"demo": DEMO_MODEL}
+        if self.models is None:
+            return models
+        try:
+            data = tomllib.loads(self.models.read_text())
+        except OSError as exc:
+            msg = f"cannot read the models file {self.models}: {exc.strerror}"
+            raise SettingsError(msg) from None
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"the models file {self.models} is not valid TOML: {exc}"
+            raise SettingsError(msg) from None
+        try:
+            entries = msgspec.convert(data.get("models", []), list[ModelConfig])
+        except msgspec.ValidationError as exc:
+            msg = f"the models file {self.models} is invalid: {exc}"
+            raise SettingsError(msg) from None
+        for entry in entries:
+            if entry.provider == "openai" and not entry.base_url:
+                msg = f"model {entry.id!r}: an openai provider needs base_url"
+                raise SettingsError(msg)
+            models[entry.id] = entry
+        defaults = [m.id for m in models.values() if m.default]
+        if len(defaults) > 1:
+            msg = f"more than one default model: {', '.join(defaults)}"
+            raise SettingsError(msg)
+        for entry in models.values():
+            if entry.title_model is not None and entry.title_model not in models:
+                msg = f"model {entry.id!r} names an unknown title_model {entry.title_model!r}"
+                raise SettingsError(msg)
+        return models
+
+
+def _dec_path(typ: type, obj: Any) -> Any:
+    if typ is Path and isinstance(obj, str | Path):
+        return Path(obj).expanduser()
+    msg = f"expected {typ.__name__}"
+    raise NotImplementedError(msg)
+
+
+def default_model_id(models: Mapping[str, ModelConfig]) -> str:
+    """The model used when a conversation names none."""
+    for entry in models.values():
+        if entry.default:
+            return entry.id
+    return "demo"
