@@ -1,0 +1,251 @@
+"""The built-in offline ``demo`` model: deterministic, paced like a real model, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import msgspec
+
+from turnstream.providers.base import (
+    ChatMessage,
+    Chunk,
+    Completed,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+)
+from turnstream.settings import ModelConfig
+
+# Pre-split so the opening sentence streams in word pieces like a real tokenizer would.
+_OPENING: tuple[str, ...] = (
+    "This",
+    " is",
+    " the",
+    " turn",
+    "stream",
+    " demo",
+    " model",
+    ".",
+)
+
+_REASONING_OPENERS: tuple[str, ...] = ("Reading", "Considering", "Looking at", "Weighing")
+_REASONING_TAILS: tuple[str, ...] = (
+    " the question",
+    " the message",
+    " what was asked",
+    " the request",
+)
+_REASONING_ENDS: tuple[str, ...] = (
+    " and drafting a reply.",
+    ", then answering.",
+    " before writing.",
+    " to find an answer.",
+)
+
+_WORDS: tuple[str, ...] = (
+    "a",
+    "an",
+    "and",
+    "answer",
+    "as",
+    "at",
+    "backend",
+    "because",
+    "buffer",
+    "but",
+    "can",
+    "chat",
+    "client",
+    "conversation",
+    "data",
+    "deterministic",
+    "each",
+    "event",
+    "every",
+    "example",
+    "for",
+    "from",
+    "history",
+    "in",
+    "is",
+    "it",
+    "latency",
+    "message",
+    "model",
+    "network",
+    "not",
+    "of",
+    "offline",
+    "on",
+    "order",
+    "output",
+    "placeholder",
+    "reader",
+    "reply",
+    "resume",
+    "same",
+    "server",
+    "shows",
+    "so",
+    "store",
+    "stream",
+    "streaming",
+    "than",
+    "that",
+    "the",
+    "this",
+    "through",
+    "to",
+    "token",
+    "turn",
+    "useful",
+    "when",
+    "while",
+    "with",
+    "without",
+    "words",
+    "you",
+)
+
+# Roughly how a BPE tokenizer counts: words and single punctuation marks.
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+
+# Real chat formats add a few tokens of framing per message.
+_PER_MESSAGE_TOKENS = 4
+
+
+def count_prompt_tokens(messages: list[ChatMessage]) -> int:
+    """Count prompt tokens the way the demo model reports them.
+
+    Args:
+        messages: The messages the model sees.
+
+    Returns:
+        Words plus punctuation marks of every message, plus a small per-message overhead.
+    """
+    return sum(len(_TOKEN_RE.findall(m.content)) + _PER_MESSAGE_TOKENS for m in messages)
+
+
+def _seed(messages: list[ChatMessage]) -> int:
+    # sha256 rather than hash(): hash() is salted per process, and the demo must repeat
+    # itself across restarts and nodes.
+    payload = msgspec.json.encode([[m.role, m.content] for m in messages])
+    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big")
+
+
+def _word_pieces(word: str, rng: random.Random) -> list[str]:
+    """Split a long word in two the way subword tokenizers do, so lengths vary."""
+    # Words past ten letters are always split so no token exceeds about a dozen chars.
+    if len(word) <= 7 or (len(word) <= 10 and rng.random() < 0.4):
+        return [word]
+    cut = rng.randint(3, len(word) - 3)
+    return [word[:cut], word[cut:]]
+
+
+def _reasoning_tokens(rng: random.Random) -> list[str]:
+    text = (
+        rng.choice(_REASONING_OPENERS) + rng.choice(_REASONING_TAILS) + rng.choice(_REASONING_ENDS)
+    )
+    return re.findall(r"\s?\w+|[^\w\s]", text)
+
+
+def _filler_tokens(rng: random.Random) -> Iterator[str]:
+    """Endless sentences of English-ish filler, one token at a time."""
+    sentences_in_paragraph = 0
+    new_paragraph = False
+    while True:
+        length = rng.randint(6, 14)
+        comma_at = rng.randint(3, length - 2) if rng.random() < 0.35 else -1
+        for i in range(length):
+            word = rng.choice(_WORDS)
+            if i == 0:
+                word = word.capitalize()
+            pieces = _word_pieces(word, rng)
+            if not new_paragraph:
+                pieces[0] = " " + pieces[0]
+            new_paragraph = False
+            yield from pieces
+            if i == comma_at:
+                yield ","
+        yield "?" if rng.random() < 0.1 else "."
+        sentences_in_paragraph += 1
+        if sentences_in_paragraph >= 2 and rng.random() < 0.3:
+            sentences_in_paragraph = 0
+            new_paragraph = True
+            yield "\n\n"
+
+
+def _answer_tokens(rng: random.Random, count: int) -> list[str]:
+    tokens = list(_OPENING[:count])
+    filler = _filler_tokens(rng)
+    while len(tokens) < count:
+        tokens.append(next(filler))
+    return tokens
+
+
+class DemoProvider:
+    """The offline ``demo`` model.
+
+    The same messages always produce the same reasoning, answer and usage, so tests and
+    demos are reproducible; different messages produce different filler.
+
+    Args:
+        tokens_per_s: Pace of the stream; ``<= 0`` streams as fast as possible.
+        tokens: How many answer tokens each reply has (the reasoning comes on top).
+    """
+
+    def __init__(self, tokens_per_s: float, tokens: int) -> None:
+        self.tokens_per_s = tokens_per_s
+        self.tokens = tokens
+
+    async def stream(self, model: ModelConfig, messages: list[ChatMessage]) -> AsyncIterator[Chunk]:
+        """Stream a short reasoning part, then the answer, then one :class:`Completed`.
+
+        ``model.max_output_tokens``, when set below ``tokens``, cuts the answer short with
+        ``finish_reason="length"`` as a real server would.
+
+        Args:
+            model: The model entry (only ``max_output_tokens`` is used).
+            messages: The conversation; it seeds the output.
+
+        Yields:
+            ReasoningDelta tokens, TextDelta tokens, then one Completed with exact usage.
+        """
+        rng = random.Random(_seed(messages))
+        reasoning = _reasoning_tokens(rng)
+        answer_count = max(0, self.tokens)
+        finish_reason = "stop"
+        if model.max_output_tokens is not None and model.max_output_tokens < answer_count:
+            answer_count = max(0, model.max_output_tokens)
+            finish_reason = "length"
+        answer = _answer_tokens(rng, answer_count)
+
+        pieces: list[Chunk] = [ReasoningDelta(t) for t in reasoning]
+        pieces.extend(TextDelta(t) for t in answer)
+
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+        start = loop.time()
+        for index, piece in enumerate(pieces):
+            if interval:
+                # An absolute schedule: a late wake-up shortens the next wait instead of
+                # pushing every later token back.
+                delay = start + (index + 1) * interval - loop.time()
+                await asyncio.sleep(max(0.0, delay))
+            else:
+                # Still yield to the loop so other turns progress and cancellation lands.
+                await asyncio.sleep(0)
+            yield piece
+
+        yield Completed(
+            finish_reason=finish_reason,
+            usage=Usage(
+                prompt_tokens=count_prompt_tokens(messages),
+                completion_tokens=len(pieces),
+                estimated=False,
+            ),
+        )
