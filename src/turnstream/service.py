@@ -231,8 +231,9 @@ class ChatService:
 
     def _turns_of(self, conversation_id: UUID) -> list[Turn]:
         turns = []
-        for row in self.app.conversation_turns(conversation_id):
-            turn = self.app.turn_summary(row.turn_id, row.ended)
+        for i, row in enumerate(self.app.conversation_turns(conversation_id)):
+            # The first turn is read whole: it carries the title event.
+            turn = self.app.turn_summary(row.turn_id, row.ended and i > 0)
             if turn is not None:
                 turns.append(turn)
         return turns
@@ -378,7 +379,12 @@ class ChatService:
                     last = event.originator_version
                     if event.TERMINAL:
                         return
-                last_sent = time.monotonic() if events else last_sent
+                if events:
+                    last_sent = time.monotonic()
+                elif not self.bus.is_running(turn_id) and await self.run(
+                    self.app.turn_ended, turn_id
+                ):
+                    return  # the client already has the terminal frame
                 # Live: frames from the local writer, or a store poll for a turn
                 # that runs elsewhere (or whose runner is gone).
                 while True:

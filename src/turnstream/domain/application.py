@@ -102,6 +102,11 @@ class TurnstreamApplication(Application[UUID]):
         stored = self.store.select_events(turn_id, gt=after or None, limit=limit)
         return [cast(TurnEvent, decode_event(e.topic, e.state)) for e in stored]
 
+    def turn_ended(self, turn_id: UUID) -> bool:
+        """Whether the turn's last stored event is terminal."""
+        last = self.store.select_events(turn_id, desc=True, limit=1)
+        return bool(last) and decode_event(last[0].topic, last[0].state).TERMINAL  # type: ignore[attr-defined]
+
     def turn(self, turn_id: UUID) -> Turn | None:
         return Turn.fold(self.turn_events(turn_id))
 

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import secrets
+
+import psycopg
+import pytest
+
+from tests.support.server import Server
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture
+def make_server(database_url: str, db_schema: str, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start `turnstream serve` processes on this test's schema (stopped afterwards)."""
+    started: list[Server] = []
+
+    secret = secrets.token_urlsafe(32)
+
+    def make(**env: str) -> Server:
+        server = Server(
+            database_url, db_schema, tmp_path / f"node{len(started)}", env_extra=env,
+            secret=secret,
+        )
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: ServerFactory) -> Server:
+    return make_server(TURNSTREAM_DEMO_TOKENS="24", TURNSTREAM_DEMO_TOKENS_PER_S="0")
+
+
+@pytest.fixture
+def event_count(database_url: str, db_schema: str) -> Callable[[], int]:
+    """How many events the store holds (to prove a rejected request stored nothing)."""
+
+    def count() -> int:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(f'SELECT count(*) FROM "{db_schema}".turnstream_events').fetchone()
+            assert row is not None
+            return int(row[0])
+
+    return count
