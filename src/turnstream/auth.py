@@ -14,7 +14,7 @@ import msgspec
 from turnstream.errors import Invalid, Unauthorized
 
 TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SECRET_FILE = "jwt-secret"
+SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):

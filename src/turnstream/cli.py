@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print a bearer token signed with serve's secret")
     token.add_argument("--tenant", required=True)
     token.add_argument("--user", required=True)
-    token.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime, e.g. 3600, 30m, 1h, 7d")
+    token.add_argument(
+        "--ttl", type=parse_ttl, default=3600, help="lifetime, e.g. 3600, 30m, 1h, 7d"
+    )
     token.add_argument("--guest", action="store_true")
     token.add_argument("--admin", action="store_true")
     token.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")

@@ -248,9 +248,7 @@ class ChatService:
 
     # Turns.
 
-    async def start_turn(
-        self, caller: Caller, conversation_id: UUID, request: TurnRequest
-    ) -> UUID:
+    async def start_turn(self, caller: Caller, conversation_id: UUID, request: TurnRequest) -> UUID:
         """Validate, record ``turn.started`` and launch the runner; returns the turn id.
 
         With a ``request_id`` already used in this conversation, returns that turn
@@ -273,11 +271,7 @@ class ChatService:
             if request.model is not None:
                 raise UnknownModel(model_id)
             raise ModelUnavailable(f"The conversation's model {model_id!r} is no longer served.")
-        turn_id = (
-            stable_id(conversation_id, request.request_id)
-            if request.request_id
-            else uuid7()
-        )
+        turn_id = stable_id(conversation_id, request.request_id) if request.request_id else uuid7()
         if request.request_id:
             row = await self.run(self.app.store.turn_row, turn_id)
             if row is not None and row.conversation_id == conversation_id:
@@ -331,7 +325,9 @@ class ChatService:
         self.running[turn_id] = running_turn
         self.bus.open(turn_id)
         self.writer.open_turn(turn_id, 1)
-        running_turn.task = asyncio.create_task(self._run_turn(running_turn), name=f"turn-{turn_id}")
+        running_turn.task = asyncio.create_task(
+            self._run_turn(running_turn), name=f"turn-{turn_id}"
+        )
         return turn_id
 
     def _record_start(self, started: Turn.Started) -> int:

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import secrets
-
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.support.server import Server
 
@@ -22,7 +22,10 @@ def make_server(database_url: str, db_schema: str, tmp_path: Path) -> Iterator[S
 
     def make(**env: str) -> Server:
         server = Server(
-            database_url, db_schema, tmp_path / f"node{len(started)}", env_extra=env,
+            database_url,
+            db_schema,
+            tmp_path / f"node{len(started)}",
+            env_extra=env,
             secret=secret,
         )
         started.append(server)
@@ -44,7 +47,10 @@ def event_count(database_url: str, db_schema: str) -> Callable[[], int]:
 
     def count() -> int:
         with psycopg.connect(database_url) as conn:
-            row = conn.execute(f'SELECT count(*) FROM "{db_schema}".turnstream_events').fetchone()
+            query = sql.SQL("SELECT count(*) FROM {}.turnstream_events").format(
+                sql.Identifier(db_schema)
+            )
+            row = conn.execute(query).fetchone()
             assert row is not None
             return int(row[0])
 

@@ -22,8 +22,11 @@ def test_a_killed_runner_is_ended_with_runner_lost_keeping_the_streamed_text(
     # Read part of an answer, then kill the server with SIGKILL mid-stream.
     received: list[Frame] = []
     with httpx.stream(
-        "POST", f"{server.base_url}/v1/conversations/{cid}/turns",
-        json={"content": "a long answer please"}, headers=server.headers(), timeout=60,
+        "POST",
+        f"{server.base_url}/v1/conversations/{cid}/turns",
+        json={"content": "a long answer please"},
+        headers=server.headers(),
+        timeout=60,
     ) as r:
         for item in parse_sse(r.iter_lines()):
             if isinstance(item, Frame):
@@ -36,8 +39,9 @@ def test_a_killed_runner_is_ended_with_runner_lost_keeping_the_streamed_text(
     assert streamed
 
     # Restart on the same store; the turn is ended by the service, not by a client.
-    restarted = make_server(**(slow | {"TURNSTREAM_DEMO_TOKENS": "10",
-                                       "TURNSTREAM_DEMO_TOKENS_PER_S": "0"}))
+    restarted = make_server(
+        **(slow | {"TURNSTREAM_DEMO_TOKENS": "10", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"})
+    )
     frames = resume(restarted, cid, tid, header=0)
     assert [f.id for f in frames] == list(range(1, len(frames) + 1))
     assert [f.data for f in frames[: len(received)]] == [f.data for f in received]
@@ -51,8 +55,10 @@ def test_a_killed_runner_is_ended_with_runner_lost_keeping_the_streamed_text(
     nxt = run_turn(restarted, cid, "try again")
     assert nxt[-1].event == "final"
     assert nxt[-1].data["status"] == "completed"
-    view = httpx.get(f"{restarted.base_url}/v1/conversations/{cid}",
-                     headers=restarted.headers()).json()
+    view = httpx.get(
+        f"{restarted.base_url}/v1/conversations/{cid}", headers=restarted.headers()
+    ).json()
     assert [m["status"] for m in view["messages"] if m["role"] == "assistant"] == [
-        "failed", "complete",
+        "failed",
+        "complete",
     ]

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.e2e.conftest import ServerFactory
 from tests.support.server import Frame, Server, parse_sse
@@ -28,7 +29,9 @@ def frames_of(response: httpx.Response) -> list[Frame]:
     return [f for f in parse_sse(response.iter_lines()) if isinstance(f, Frame)]
 
 
-def run_turn(server: Server, cid: str, content: str = "Tell me about event sourcing.") -> list[Frame]:
+def run_turn(
+    server: Server, cid: str, content: str = "Tell me about event sourcing."
+) -> list[Frame]:
     with httpx.stream(
         "POST",
         f"{server.base_url}/v1/conversations/{cid}/turns",
@@ -40,15 +43,19 @@ def run_turn(server: Server, cid: str, content: str = "Tell me about event sourc
         return frames_of(r)
 
 
-def resume(server: Server, cid: str, tid: str, *, header: int | None = None,
-           after: int | None = None) -> list[Frame]:
+def resume(
+    server: Server, cid: str, tid: str, *, header: int | None = None, after: int | None = None
+) -> list[Frame]:
     headers = server.headers()
     if header is not None:
         headers["Last-Event-ID"] = str(header)
     params = {"after": str(after)} if after is not None else None
     with httpx.stream(
-        "GET", f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/events",
-        headers=headers, params=params, timeout=60,
+        "GET",
+        f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/events",
+        headers=headers,
+        params=params,
+        timeout=60,
     ) as r:
         assert r.status_code == 200, r.read()
         return frames_of(r)
@@ -56,11 +63,11 @@ def resume(server: Server, cid: str, tid: str, *, header: int | None = None,
 
 def stored_events(database_url: str, schema: str, turn_id: str) -> list[TurnEvent]:
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            f'SELECT topic, state FROM "{schema}".turnstream_events'
-            " WHERE originator_id = %s ORDER BY originator_version",
-            (turn_id,),
-        ).fetchall()
+        query = sql.SQL(
+            "SELECT topic, state FROM {}.turnstream_events"
+            " WHERE originator_id = %s ORDER BY originator_version"
+        ).format(sql.Identifier(schema))
+        rows = conn.execute(query, (turn_id,)).fetchall()
     return [decode_event(topic, bytes(state)) for topic, state in rows]  # type: ignore[misc]
 
 
@@ -82,7 +89,9 @@ def test_a_turns_frames_are_gapless_and_equal_the_stored_events(
     tokens = [f for f in frames if f.event == "token"]
     assert tokens, "the demo model streams tokens"
     assert final.data["text"] == "".join(f.data["text"] for f in tokens)
-    assert final.data["reasoning"] == "".join(f.data["text"] for f in frames if f.event == "reasoning")
+    assert final.data["reasoning"] == "".join(
+        f.data["text"] for f in frames if f.event == "reasoning"
+    )
     assert final.data["usage"]["completion_tokens"] > 0
     turn_id = frames[0].data["turn_id"]
     assert all(f.data["turn_id"] == turn_id and f.data["seq"] == f.id for f in frames)
@@ -91,7 +100,11 @@ def test_a_turns_frames_are_gapless_and_equal_the_stored_events(
     stored = stored_events(database_url, db_schema, turn_id)
     assert [(e.originator_version, e.SSE_NAME) for e in stored] == [(f.id, f.event) for f in frames]
     for event, frame in zip(stored, frames, strict=True):
-        assert {"seq": event.originator_version, "turn_id": turn_id, **event.sse_data()} == frame.data
+        assert {
+            "seq": event.originator_version,
+            "turn_id": turn_id,
+            **event.sse_data(),
+        } == frame.data
 
 
 def test_the_first_turn_is_titled_before_its_end_and_later_turns_are_not(server: Server) -> None:
@@ -127,8 +140,11 @@ def test_resume_while_running_misses_nothing_and_repeats_nothing(
     server = make_server(TURNSTREAM_DEMO_TOKENS="60", TURNSTREAM_DEMO_TOKENS_PER_S="40")
     cid = new_conversation(server)
     with httpx.stream(
-        "POST", f"{server.base_url}/v1/conversations/{cid}/turns",
-        json={"content": "Stream slowly please."}, headers=server.headers(), timeout=60,
+        "POST",
+        f"{server.base_url}/v1/conversations/{cid}/turns",
+        json={"content": "Stream slowly please."},
+        headers=server.headers(),
+        timeout=60,
     ) as r:
         parsed = parse_sse(r.iter_lines())
         seen: list[Frame] = []
@@ -140,7 +156,9 @@ def test_resume_while_running_misses_nothing_and_repeats_nothing(
         tid = seen[0].data["turn_id"]
         # While the turn runs, resume from every k seen so far, concurrently.
         with concurrent.futures.ThreadPoolExecutor(len(seen) + 1) as pool:
-            futures = {k: pool.submit(resume, server, cid, tid, header=k) for k in range(len(seen) + 1)}
+            futures = {
+                k: pool.submit(resume, server, cid, tid, header=k) for k in range(len(seen) + 1)
+            }
             rest = [f for f in parsed if isinstance(f, Frame)]
             everything = seen + rest
             assert everything[-1].event in ("final", "error")
@@ -153,8 +171,11 @@ def test_a_client_disconnect_does_not_stop_the_turn(make_server: ServerFactory) 
     server = make_server(TURNSTREAM_DEMO_TOKENS="40", TURNSTREAM_DEMO_TOKENS_PER_S="80")
     cid = new_conversation(server)
     with httpx.stream(
-        "POST", f"{server.base_url}/v1/conversations/{cid}/turns",
-        json={"content": "hello"}, headers=server.headers(), timeout=30,
+        "POST",
+        f"{server.base_url}/v1/conversations/{cid}/turns",
+        json={"content": "hello"},
+        headers=server.headers(),
+        timeout=30,
     ) as r:
         first = next(f for f in parse_sse(r.iter_lines()) if isinstance(f, Frame))
     # The connection is closed; the turn goes on and ends by itself.
@@ -169,8 +190,11 @@ def test_cancel_interrupts_the_turn_and_keeps_its_partial_text(make_server: Serv
     server = make_server(TURNSTREAM_DEMO_TOKENS="400", TURNSTREAM_DEMO_TOKENS_PER_S="20")
     cid = new_conversation(server)
     with httpx.stream(
-        "POST", f"{server.base_url}/v1/conversations/{cid}/turns",
-        json={"content": "a long answer"}, headers=server.headers(), timeout=60,
+        "POST",
+        f"{server.base_url}/v1/conversations/{cid}/turns",
+        json={"content": "a long answer"},
+        headers=server.headers(),
+        timeout=60,
     ) as r:
         frames: list[Frame] = []
         cancelled = False
@@ -179,7 +203,8 @@ def test_cancel_interrupts_the_turn_and_keeps_its_partial_text(make_server: Serv
                 continue
             frames.append(item)
             if not cancelled and sum(f.event == "token" for f in frames) >= 3:
-                url = f"{server.base_url}/v1/conversations/{cid}/turns/{frames[0].data['turn_id']}/cancel"
+                tid = frames[0].data["turn_id"]
+                url = f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/cancel"
                 assert httpx.post(url, headers=server.headers()).status_code == 202
                 # Cancelling twice is fine.
                 assert httpx.post(url, headers=server.headers()).status_code == 202
@@ -203,8 +228,11 @@ def test_the_active_stream_is_204_when_idle_and_the_running_turn_otherwise(
 
     def post() -> None:
         with httpx.stream(
-            "POST", f"{server.base_url}/v1/conversations/{cid}/turns",
-            json={"content": "hi"}, headers=server.headers(), timeout=60,
+            "POST",
+            f"{server.base_url}/v1/conversations/{cid}/turns",
+            json={"content": "hi"},
+            headers=server.headers(),
+            timeout=60,
         ) as r:
             for item in parse_sse(r.iter_lines()):
                 if isinstance(item, Frame):
@@ -214,8 +242,9 @@ def test_the_active_stream_is_204_when_idle_and_the_running_turn_otherwise(
     thread = threading.Thread(target=post)
     thread.start()
     assert started.wait(30)
-    with httpx.stream("GET", url, headers={**server.headers(), "Last-Event-ID": "1"},
-                      timeout=60) as r:
+    with httpx.stream(
+        "GET", url, headers={**server.headers(), "Last-Event-ID": "1"}, timeout=60
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["cache-control"] == "no-cache"
@@ -228,13 +257,17 @@ def test_the_active_stream_is_204_when_idle_and_the_running_turn_otherwise(
 
 def test_an_idle_stream_carries_ping_comments(make_server: ServerFactory) -> None:
     server = make_server(
-        TURNSTREAM_DEMO_TOKENS="6", TURNSTREAM_DEMO_TOKENS_PER_S="2",
+        TURNSTREAM_DEMO_TOKENS="6",
+        TURNSTREAM_DEMO_TOKENS_PER_S="2",
         TURNSTREAM_PING_INTERVAL_S="0.2",
     )
     cid = new_conversation(server)
     with httpx.stream(
-        "POST", f"{server.base_url}/v1/conversations/{cid}/turns",
-        json={"content": "slowly"}, headers=server.headers(), timeout=60,
+        "POST",
+        f"{server.base_url}/v1/conversations/{cid}/turns",
+        json={"content": "slowly"},
+        headers=server.headers(),
+        timeout=60,
     ) as r:
         items = list(parse_sse(r.iter_lines()))
     assert ": ping" in items

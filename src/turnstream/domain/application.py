@@ -70,8 +70,12 @@ class TurnstreamApplication(Application[UUID]):
         kwargs: dict[str, Any] = {"connect_timeout": 10, "autocommit": True, "options": options}
         if not str(conninfo_to_dict(self.database_url).get("host", "")).startswith("/"):
             # TCP: notice a dead peer within seconds instead of hours.
-            kwargs |= {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-                       "keepalives_count": 3}
+            kwargs |= {
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+            }
         return psycopg.connect(self.database_url, **kwargs)
 
     # Conversations.
@@ -136,7 +140,10 @@ class TurnstreamApplication(Application[UUID]):
         )
 
     def end_orphans(
-        self, conn: psycopg.Connection[Any], node_id: UUID, lock_key: int,
+        self,
+        conn: psycopg.Connection[Any],
+        node_id: UUID,
+        lock_key: int,
         make_error: Any,
     ) -> list[TurnEvent]:
         """End the running turns of a dead node, if it is dead (its lock is free).

@@ -85,7 +85,10 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         return int(row[0])
 
     def start_turn(
-        self, conn: psycopg.Connection[Any], event: StoredEvent, conversation_id: UUID,
+        self,
+        conn: psycopg.Connection[Any],
+        event: StoredEvent,
+        conversation_id: UUID,
         node_id: UUID,
     ) -> int:
         """Record a turn's first event and open its index row, in one transaction.
@@ -108,7 +111,9 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             raise IntegrityError(str(exc.diag.constraint_name)) from None
 
     def append_batch(
-        self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent],
+        self,
+        conn: psycopg.Connection[Any],
+        events: Sequence[StoredEvent],
         ended: Sequence[UUID],
     ) -> int:
         """One group commit: the events (any turns, in order) and the turns they end."""
@@ -182,9 +187,7 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             )
             return [r[0] for r in cur.fetchall()]
 
-    def turn_stored_events(
-        self, conn: psycopg.Connection[Any], turn_id: UUID
-    ) -> list[StoredEvent]:
+    def turn_stored_events(self, conn: psycopg.Connection[Any], turn_id: UUID) -> list[StoredEvent]:
         with conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(
                 SQL(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Litestar, Request, Response, Router, get, patch, post, delete
+from litestar import Litestar, Request, Response, Router, delete, get, patch, post
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -100,8 +100,13 @@ async def healthz() -> Health:
 async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
     service = _service(request)
     if not service.ready() or not await service.check_store():
-        return problem(503, "service_unavailable", "Service unavailable",
-                       "PostgreSQL is not reachable.", checks={"postgres": "down"})
+        return problem(
+            503,
+            "service_unavailable",
+            "Service unavailable",
+            "PostgreSQL is not reachable.",
+            checks={"postgres": "down"},
+        )
     return Response(Health(status="ok", checks={"postgres": "ok"}))
 
 
@@ -114,7 +119,8 @@ async def list_models(service: ChatService, caller: Caller) -> ModelList:
                 provider=m.provider,
                 context_window=m.context_window,
                 supports=list(m.supports),
-                default=m.default or (m.id == "demo" and not any(x.default for x in service.models.values())),
+                default=m.default
+                or (m.id == "demo" and not any(x.default for x in service.models.values())),
             )
             for m in service.models.values()
         ]
@@ -143,8 +149,12 @@ async def rename_conversation(
     return await service.conversation_view(caller, cid)
 
 
-@delete("/conversations/{cid:uuid}", tags=["conversations"], summary="Delete a conversation",
-        status_code=HTTP_204_NO_CONTENT)
+@delete(
+    "/conversations/{cid:uuid}",
+    tags=["conversations"],
+    summary="Delete a conversation",
+    status_code=HTTP_204_NO_CONTENT,
+)
 async def delete_conversation(service: ChatService, caller: Caller, cid: UUID) -> None:
     await service.delete(caller, cid)
 
@@ -157,7 +167,10 @@ async def delete_conversation(service: ChatService, caller: Caller, cid: UUID) -
     media_type=EVENT_STREAM,
 )
 async def start_turn(
-    request: Request[Any, Any, Any], service: ChatService, caller: Caller, cid: UUID,
+    request: Request[Any, Any, Any],
+    service: ChatService,
+    caller: Caller,
+    cid: UUID,
     data: NewTurn,
 ) -> Stream:
     after = _resume_from(request, None)
@@ -183,7 +196,11 @@ async def start_turn(
     media_type=EVENT_STREAM,
 )
 async def turn_events(
-    request: Request[Any, Any, Any], service: ChatService, caller: Caller, cid: UUID, tid: UUID,
+    request: Request[Any, Any, Any],
+    service: ChatService,
+    caller: Caller,
+    cid: UUID,
+    tid: UUID,
     after: Annotated[int | None, Parameter(query="after", ge=0, le=10**15)] = None,
 ) -> Stream:
     start = _resume_from(request, after)
@@ -230,8 +247,15 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
     v1 = Router(
         path="/v1",
         route_handlers=[
-            list_models, create_conversation, get_conversation, rename_conversation,
-            delete_conversation, start_turn, turn_events, active_stream, cancel_turn,
+            list_models,
+            create_conversation,
+            get_conversation,
+            rename_conversation,
+            delete_conversation,
+            start_turn,
+            turn_events,
+            active_stream,
+            cancel_turn,
         ],
         dependencies={"caller": Provide(provide_caller), "service": Provide(provide_service)},
         security=[{"bearer": []}],

@@ -29,7 +29,11 @@ _CODES = {
 
 
 def problem(
-    status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response[dict[str, Any]]:
     body = {
@@ -63,16 +67,19 @@ def handle_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response
             for e in exc.extra
             if isinstance(e, dict)
         ]
-        detail = "; ".join(
-            f"{e.get('key') or 'body'}: {e.get('message')}" for e in extra["errors"]
-        ) or "The request is not valid."
+        detail = (
+            "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in extra["errors"])
+            or "The request is not valid."
+        )
     headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
     return problem(status, code, title, detail, headers or None, **extra)
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal_error", "Internal error", "The server could not handle this request.")
+    return problem(
+        500, "internal_error", "Internal error", "The server could not handle this request."
+    )
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -56,9 +56,7 @@ class ProviderError(Exception):
 class Provider(Protocol):
     """Streams one answer. Ends with exactly one :class:`Completed` or raises ProviderError."""
 
-    def stream(
-        self, model: ModelConfig, messages: list[ChatMessage]
-    ) -> AsyncIterator[Chunk]: ...
+    def stream(self, model: ModelConfig, messages: list[ChatMessage]) -> AsyncIterator[Chunk]: ...
 
 
 def estimate_tokens(text: str) -> int:
