@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.fake_openai import fake_openai as fake_openai  # the fixture
-
 from turnstream.providers import (
     ChatMessage,
     Chunk,

@@ -82,17 +82,19 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         self.port = free_port()
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("TURNSTREAM_")
-        } | {
-            "TURNSTREAM_DATABASE_URL": self.database_url,
-            "TURNSTREAM_DATABASE_SCHEMA": self.schema,
-            "TURNSTREAM_DATA_DIR": str(self.data_dir),
-            "TURNSTREAM_JWT_SECRET": self.secret,
-            "TURNSTREAM_PORT": str(self.port),
-            "TURNSTREAM_RUNNER_CHECK_INTERVAL_S": "0.5",
-            "TURNSTREAM_LOG_LEVEL": "WARNING",
-        } | self.env_extra
+        env = (
+            {k: v for k, v in os.environ.items() if not k.startswith("TURNSTREAM_")}
+            | {
+                "TURNSTREAM_DATABASE_URL": self.database_url,
+                "TURNSTREAM_DATABASE_SCHEMA": self.schema,
+                "TURNSTREAM_DATA_DIR": str(self.data_dir),
+                "TURNSTREAM_JWT_SECRET": self.secret,
+                "TURNSTREAM_PORT": str(self.port),
+                "TURNSTREAM_RUNNER_CHECK_INTERVAL_S": "0.5",
+                "TURNSTREAM_LOG_LEVEL": "WARNING",
+            }
+            | self.env_extra
+        )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"serve-{self.port}.log"
         log = self.log_path.open("wb")

@@ -1,0 +1,169 @@
+"""The group-commit writer and orphan recovery on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from uuid import UUID, uuid4
+
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from turnstream.bootstrap import build_application
+from turnstream.domain.application import TurnstreamApplication
+from turnstream.domain.events import utcnow
+from turnstream.domain.turn import Turn, TurnEvent
+from turnstream.domain.writer import GroupWriter
+from turnstream.ids import uuid7
+from turnstream.service import _runner_lost, _signed64, node_lock_key
+from turnstream.settings import Settings
+
+
+@pytest.fixture
+def app(database_url: str, db_schema: str) -> Iterator[TurnstreamApplication]:
+    settings = Settings(database_url=database_url, database_schema=db_schema)
+    application = build_application(settings, database_url)
+    yield application
+    application.close()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.events: list[TurnEvent] = []
+        self.lost: list[UUID] = []
+        self.cond = threading.Condition()
+
+    def committed(self, events: Sequence[TurnEvent], position: int) -> None:
+        with self.cond:
+            self.events.extend(events)
+            self.cond.notify_all()
+
+    def on_lost(self, turn_id: UUID) -> None:
+        with self.cond:
+            self.lost.append(turn_id)
+            self.cond.notify_all()
+
+    def wait(self, predicate: object, timeout: float = 10) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), "timed out"  # type: ignore[arg-type]
+
+
+def start(app: TurnstreamApplication, node_id: UUID, conversation_id: UUID | None = None) -> UUID:
+    started = Turn.Started(
+        originator_id=uuid7(),
+        originator_version=1,
+        timestamp=utcnow(),
+        conversation_id=conversation_id or uuid7(),
+        tenant="t",
+        user_id="u",
+        node_id=node_id,
+        mode="message",
+        user_message_id=uuid7(),
+        assistant_message_id=uuid7(),
+        parent_id=None,
+        model="demo",
+        content="hi",
+    )
+    with app.store.datastore.get_connection() as conn:
+        app.start_turn(conn, started)
+    return started.originator_id
+
+
+def test_consecutive_tokens_of_a_turn_in_one_batch_become_one_event(
+    app: TurnstreamApplication,
+) -> None:
+    node = uuid4()
+    a, b = start(app, node), start(app, node)
+    out = Collector()
+    writer = GroupWriter(app, out.committed, out.on_lost)
+    writer.open_turn(a, 1)
+    writer.open_turn(b, 1)
+    # Queue before the thread starts, so all of it lands in one batch.
+    for text in ("Hel", "lo", " wor", "ld"):
+        writer.submit(a, Turn.TokensAppended, text=text)
+        writer.submit(b, Turn.TokensAppended, text=text.upper())
+    writer.submit(a, Turn.ReasoningAppended, text="hm")
+    writer.submit(a, Turn.TokensAppended, text="!")
+    writer.start()
+    out.wait(lambda: len(out.events) == 4)
+    writer.stop()
+
+    stored_a = app.turn_events(a)
+    assert [(type(e).__name__, getattr(e, "text", None)) for e in stored_a] == [
+        ("Started", None),
+        ("TokensAppended", "Hello world"),
+        ("ReasoningAppended", "hm"),
+        ("TokensAppended", "!"),
+    ]
+    assert [getattr(e, "text", None) for e in app.turn_events(b)] == [None, "HELLO WORLD"]
+    assert writer.stats.drafts == 10
+    assert writer.stats.batches == 1
+
+
+def test_a_terminal_event_closes_the_turn_and_nothing_is_written_after_it(
+    app: TurnstreamApplication,
+) -> None:
+    node = uuid4()
+    conversation = uuid7()
+    turn = start(app, node, conversation)
+    assert app.store.running_turn(conversation) == turn
+    with pytest.raises(IntegrityError):
+        start(app, node, conversation)  # one running turn per conversation
+
+    out = Collector()
+    writer = GroupWriter(app, out.committed, out.on_lost)
+    writer.open_turn(turn, 1)
+    writer.start()
+    writer.submit(turn, Turn.TokensAppended, text="done")
+    writer.submit(turn, Turn.Finished, status="completed", text="done")
+    writer.submit(turn, Turn.TokensAppended, text="late")
+    out.wait(lambda: any(e.TERMINAL for e in out.events))
+    writer.stop()
+    assert [e.originator_version for e in app.turn_events(turn)] == [1, 2, 3]
+    assert app.store.running_turn(conversation) is None
+    assert app.turn_ended(turn)
+    start(app, node, conversation)  # the conversation takes a new turn
+
+
+def test_a_dead_nodes_turns_end_with_runner_lost_and_a_live_nodes_are_spared(
+    app: TurnstreamApplication,
+) -> None:
+    dead, alive = uuid4(), uuid4()
+    orphan, kept = start(app, dead), start(app, alive)
+    out = Collector()
+    writer = GroupWriter(app, out.committed, out.on_lost)
+    writer.open_turn(orphan, 1)
+    writer.start()
+    writer.submit(orphan, Turn.TokensAppended, text="streamed so far")
+    out.wait(lambda: len(out.events) == 1)
+
+    lease = app.connect()
+    lease.execute("SELECT pg_advisory_lock(%s)", (_signed64(node_lock_key(alive)),))
+    janitor = app.connect()
+    try:
+        assert app.end_orphans(janitor, alive, _signed64(node_lock_key(alive)), _runner_lost) == []
+        written = app.end_orphans(janitor, dead, _signed64(node_lock_key(dead)), _runner_lost)
+    finally:
+        lease.close()
+        janitor.close()
+    assert [e.originator_id for e in written] == [orphan]
+    final = app.turn(orphan)
+    assert final is not None
+    assert final.status == "failed"
+    assert final.error_code == "runner_lost"
+    assert final.text == "streamed so far"
+    still = app.turn(kept)
+    assert still is not None
+    assert still.status == "running"
+
+    # The "dead" runner turns out to be alive: its next write conflicts, and the
+    # writer drops the turn instead of writing after the terminal event.
+    writer.submit(orphan, Turn.TokensAppended, text=" and more")
+    out.wait(lambda: out.lost == [orphan])
+    writer.submit(orphan, Turn.TokensAppended, text=" ignored")
+    writer.stop()
+    assert [type(e).__name__ for e in app.turn_events(orphan)] == [
+        "Started",
+        "TokensAppended",
+        "Failed",
+    ]
