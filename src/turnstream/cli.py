@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -67,10 +68,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         )
+        # uvicorn re-raises the signal that stopped it once it has shut down; with a
+        # Python handler in place that ends here, and the finally below still runs
+        # (stopping an embedded PostgreSQL), and the exit status is 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stopped)
         uvicorn.Server(config).run()
     finally:
         container.close()
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """The signal uvicorn re-raises after its graceful shutdown: nothing left to do."""
 
 
 def cmd_token(args: argparse.Namespace) -> int:
