@@ -37,6 +37,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -241,18 +242,28 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def _run_coroutine(factory: Callable[[], Awaitable[_T]]) -> _T:
-    """Run a coroutine to completion from sync code, even if the caller is inside a loop.
+def _run_coroutine(factory: Callable[[], Awaitable[_T]], limit: float) -> _T:
+    """Run a coroutine from sync code, even if the caller is inside an event loop.
 
-    A fresh thread has no running event loop, so ``asyncio.run`` works there whether or not
-    ``start()`` was called from async code (e.g. an app's startup hook).
+    A fresh thread has no running loop, so ``asyncio.run`` works there whether or not
+    ``start()`` was called from async code (e.g. an app's startup hook). The thread is a
+    daemon and is not joined past ``limit`` seconds, so a stuck client library cannot hang
+    us (or interpreter exit).
     """
+    result: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
     async def main() -> _T:
-        return await factory()
+        async with asyncio.timeout(limit):
+            return await factory()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, main()).result()
+    def run() -> None:
+        try:
+            result.set_result(asyncio.run(main()))
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    threading.Thread(target=run, name="turnstream-embedded-probe", daemon=True).start()
+    return result.result(timeout=limit + 5)
 
 
 # --------------------------------------------------------------------------- root handling
@@ -760,8 +771,10 @@ class EmbeddedPostgres:
         socket_dir = self._prepare_socket_dir()
         if '"' in str(socket_dir):
             raise EmbeddedServerError(f'PostgreSQL socket folder may not contain ": {socket_dir}')
-        for attempt in range(3):
-            port = _choose_port(self.port_file, fresh=attempt > 0)
+        deadline = time.monotonic() + _START_TIMEOUT
+        fresh_port = False
+        while True:
+            port = _choose_port(self.port_file, fresh=fresh_port)
             settings = {
                 "listen_addresses": _HOST,
                 "port": str(port),
@@ -777,11 +790,7 @@ class EmbeddedPostgres:
             start_cmd: list[str | Path] = [self._bin("pg_ctl"), "-D", self.pgdata]
             start_cmd += ["-l", self.log_file, "-w", "-t", str(int(_START_TIMEOUT))]
             start_cmd += ["-o", options, "start"]
-            code, out = _run(
-                start_cmd,
-                self._account,
-                timeout=_START_TIMEOUT + 30,
-            )
+            code, out = _run(start_cmd, self._account, timeout=_START_TIMEOUT + 30)
             if code == 0:
                 running = self._find_running()
                 if running is None:
@@ -791,11 +800,21 @@ class EmbeddedPostgres:
                 return running
             new_log = _log_since(self.log_file, offset)
             if "could not bind" in new_log or "already in use" in new_log:
-                # Someone took the port between our check and the server's bind: try another.
+                # Someone took the port between our check and the server's bind.
                 logger.warning("port %d was taken while PostgreSQL started; retrying", port)
-                continue
-            raise EmbeddedServerError(f"pg_ctl start failed ({code}): {out.strip()}", self.log_file)
-        raise EmbeddedServerError("PostgreSQL found no free port in 3 attempts", self.log_file)
+                fresh_port = True
+            elif 'postmaster.pid" already exists' in new_log or "is still in use" in new_log:
+                # A killed predecessor is not fully gone yet: postgres counts its unreaped
+                # (zombie) postmaster as running, and its children may still hold shared
+                # memory. Both clear up within moments once its parent reaps it.
+                logger.info("previous PostgreSQL in %s is still exiting; retrying", self.pgdata)
+                time.sleep(0.5)
+            else:
+                deadline = 0.0
+            if time.monotonic() >= deadline:
+                raise EmbeddedServerError(
+                    f"pg_ctl start failed ({code}): {out.strip()}", self.log_file
+                )
 
 
 # --------------------------------------------------------------------------- NATS
@@ -836,29 +855,21 @@ async def _ignore_nats_error(_exc: Exception) -> None:
     """nats-py reports connection errors to a callback; the readiness probe retries instead."""
 
 
-async def _probe_jetstream(url: str, within: float) -> None:
-    """Return once a client can connect and JetStream answers ``account_info``."""
+async def _jetstream_answers(url: str) -> None:
+    """One try: connect and ask JetStream for ``account_info``; raises if anything fails."""
     import nats  # imported here: only a NATS start needs the client library
 
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            nc = await nats.connect(
-                url,
-                connect_timeout=2,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                error_cb=_ignore_nats_error,
-            )
-            try:
-                await nc.jetstream(timeout=2).account_info()
-                return
-            finally:
-                await nc.close()
-        except Exception:
-            if time.monotonic() >= deadline:
-                raise
-        await asyncio.sleep(0.1)
+    nc = await nats.connect(
+        url,
+        connect_timeout=2,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        error_cb=_ignore_nats_error,
+    )
+    try:
+        await nc.jetstream(timeout=2).account_info()
+    finally:
+        await nc.close()
 
 
 class EmbeddedNats:
@@ -908,9 +919,9 @@ class EmbeddedNats:
                 else:
                     self._pid, self._port = self._launch(timeout)
                 try:
-                    _run_coroutine(lambda: _probe_jetstream(self.url, timeout))
+                    self._wait_jetstream(timeout)
                     break
-                except Exception as exc:
+                except EmbeddedServerError:
                     if found is None:
                         self._terminate()
                     elif self._live() is None:
@@ -918,11 +929,7 @@ class EmbeddedNats:
                         logger.info("adopted nats-server pid %d exited; starting anew", found[0])
                         continue
                     self._pid = None
-                    raise EmbeddedServerError(
-                        f"nats-server at {_HOST}:{self._port} did not answer JetStream "
-                        f"requests within {timeout:.0f} s ({exc!r})",
-                        self.log_file,
-                    ) from exc
+                    raise
             _write_port(self.port_file, self.port)
         logger.info("NATS JetStream ready at %s", self.url)
         return self.url
@@ -976,6 +983,32 @@ class EmbeddedNats:
         return (
             None if self._pid is None else _live_process(self._pid, "nats-server", self.store_dir)
         )
+
+    def _wait_jetstream(self, timeout: float) -> None:
+        """Return once our server answers JetStream requests; raise if it dies or is slow."""
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while True:
+            if self._live() is None:
+                raise EmbeddedServerError(
+                    f"nats-server pid {self._pid} exited before it was ready", self.log_file
+                )
+            # A plain TCP check first: nats-py's connect() retries a refused connection
+            # forever, whatever its reconnect options say.
+            if _tcp_accepts(self.port):
+                try:
+                    _run_coroutine(lambda: _jetstream_answers(self.url), limit=10)
+                except Exception as exc:
+                    last = exc
+                else:
+                    return
+            if time.monotonic() >= deadline:
+                raise EmbeddedServerError(
+                    f"nats-server at {self.url} did not answer JetStream requests within "
+                    f"{timeout:.0f} s (last error: {last!r})",
+                    self.log_file,
+                ) from last
+            time.sleep(0.1)
 
     def _find_running(self) -> tuple[int, int] | None:
         """(pid, port) of a live nats-server on our store dir, per the pid file."""

@@ -11,6 +11,7 @@ running here?" and "whose runner died?" are answered without scanning the log.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -18,8 +19,20 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import ClientCursor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
+
+
+def _last_value(cur: psycopg.Cursor[Any]) -> int:
+    """The single value of the one result with rows among a multi-statement query's."""
+    while True:
+        if cur.pgresult is not None and cur.pgresult.ntuples:
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+        if not cur.nextset():
+            return 0
 
 
 class TurnIndexRow(NamedTuple):
@@ -66,19 +79,37 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         self.lock_sql = SQL("LOCK TABLE {} IN EXCLUSIVE MODE; NOTIFY {}").format(
             self.events_table, Identifier(self.channel_name)
         )
+        self._begin_sql = SQL("BEGIN; ") + self.lock_sql
+        self._end_sql = SQL(
+            "UPDATE {ix} SET ended = true WHERE turn_id = ANY(%s::uuid[]);"
+            " SELECT max(notification_id) FROM {ev}; COMMIT"
+        ).format(ix=self.index_table, ev=self.events_table)
+        self._start_sql = self.lock_sql + SQL(
+            "; WITH e AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
+            " VALUES (%s, %s, %s, %s) RETURNING notification_id)"
+            " INSERT INTO {ix} (turn_id, conversation_id, node_id, started_position)"
+            " SELECT %s, %s, %s, notification_id FROM e RETURNING started_position"
+        ).format(ev=self.events_table, ix=self.index_table)
 
     # The write paths.
 
     def copy_events(
-        self, cur: psycopg.Cursor[Any], events: Sequence[StoredEvent], *, lock: bool = True
+        self,
+        cur: psycopg.Cursor[Any],
+        events: Sequence[StoredEvent],
+        *,
+        lock: bool = True,
+        position: bool = True,
     ) -> int:
-        """COPY the events under the table lock; returns the last notification id."""
+        """COPY the events (taking the table lock unless held); the last notification id."""
         if lock:
             cur.execute(self.lock_sql)
         with cur.copy(self._copy_sql) as copy:
             copy.set_types(["uuid", "int8", "text", "bytea"])
             for e in events:
                 copy.write_row((e.originator_id, e.originator_version, e.topic, e.state))
+        if not position:
+            return 0
         cur.execute(SQL("SELECT max(notification_id) FROM {}").format(self.events_table))
         row = cur.fetchone()
         assert row is not None
@@ -91,22 +122,29 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         conversation_id: UUID,
         node_id: UUID,
     ) -> int:
-        """Record a turn's first event and open its index row, in one transaction.
+        """Record a turn's first event and open its index row, in one round trip.
 
-        Raises ``IntegrityError`` naming the running turn when the conversation already
-        has one, or when this turn id exists (an idempotent retry).
+        The statements go as one simple query, which PostgreSQL runs as one implicit
+        transaction: the table lock is held for server time only, never while this
+        client waits for its turn on the GIL. Raises ``IntegrityError`` naming the
+        constraint when the conversation already has a running turn, or when this turn
+        id exists (an idempotent retry); nothing is then stored.
         """
         try:
-            with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                position = self.copy_events(cur, [event])
+            with ClientCursor(conn, row_factory=tuple_row) as cur:
                 cur.execute(
-                    SQL(
-                        "INSERT INTO {} (turn_id, conversation_id, node_id, started_position)"
-                        " VALUES (%s, %s, %s, %s)"
-                    ).format(self.index_table),
-                    (event.originator_id, conversation_id, node_id, position),
+                    self._start_sql,
+                    (
+                        event.originator_id,
+                        event.originator_version,
+                        event.topic,
+                        event.state,
+                        event.originator_id,
+                        conversation_id,
+                        node_id,
+                    ),
                 )
-                return position
+                return _last_value(cur)
         except psycopg.errors.UniqueViolation as exc:
             raise IntegrityError(str(exc.diag.constraint_name)) from None
 
@@ -116,20 +154,27 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         events: Sequence[StoredEvent],
         ended: Sequence[UUID],
     ) -> int:
-        """One group commit: the events (any turns, in order) and the turns they end."""
+        """One group commit: the events (any turns, in order) and the turns they end.
+
+        Three round trips: BEGIN with the lock, the COPY, and the index update with
+        the commit. ``conn`` must be in autocommit mode (transactions are explicit).
+        """
         try:
-            with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                position = self.copy_events(cur, events)
-                if ended:
-                    cur.execute(
-                        SQL("UPDATE {} SET ended = true WHERE turn_id = ANY(%s)").format(
-                            self.index_table
-                        ),
-                        (list(ended),),
-                    )
-                return position
-        except psycopg.errors.UniqueViolation as exc:
-            raise IntegrityError(str(exc.diag.constraint_name)) from None
+            with ClientCursor(conn, row_factory=tuple_row) as cur:
+                cur.execute(self._begin_sql)
+                self.copy_events(cur, events, lock=False, position=False)
+                cur.execute(self._end_sql, (list(ended),))
+                return _last_value(cur)
+        except BaseException as exc:
+            if (
+                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                and not conn.closed
+            ):
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                raise IntegrityError(str(exc.diag.constraint_name)) from None
+            raise
 
     # The turn index.
 
