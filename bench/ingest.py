@@ -74,10 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="pace the producers to this many drafts/s in total (default 0: as fast as possible)",
     )
     parser.add_argument(
-        "--no-merge",
+        "--merge",
         action="store_true",
-        help="alternate token and reasoning drafts within each turn, so that no two "
-        "consecutive drafts of a turn merge: the writer stores one event per draft",
+        help="send only token drafts, so consecutive drafts of a turn in one batch merge "
+        "into one event (fewer, larger rows; compare drafts_per_s then). By default "
+        "token and reasoning drafts alternate within each turn, nothing merges, and the "
+        "writer stores one event per draft: rows against rows, like for like with COPY",
     )
     parser.add_argument(
         "--max-batch",
@@ -103,6 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_database_args(parser)
     args = parser.parse_args(argv)
+    args.no_merge = not args.merge
     if min(args.turns, args.drafts, args.producers, args.raw_batch, args.repeat) < 1:
         parser.error("--turns, --drafts, --producers, --raw-batch and --repeat must be positive")
     return args

@@ -35,6 +35,14 @@ def _last_value(cur: psycopg.Cursor[Any]) -> int:
             return 0
 
 
+Row = tuple[UUID | str, int, str, bytes]
+"""A stored event as COPY writes it: originator id, version, topic, state."""
+
+
+def as_row(event: StoredEvent) -> Row:
+    return (event.originator_id, event.originator_version, event.topic, event.state)
+
+
 class TurnIndexRow(NamedTuple):
     turn_id: UUID
     conversation_id: UUID
@@ -96,7 +104,7 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
     def copy_events(
         self,
         cur: psycopg.Cursor[Any],
-        events: Sequence[StoredEvent],
+        events: Sequence[Row],
         *,
         lock: bool = True,
         position: bool = True,
@@ -106,8 +114,8 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             cur.execute(self.lock_sql)
         with cur.copy(self._copy_sql) as copy:
             copy.set_types(["uuid", "int8", "text", "bytea"])
-            for e in events:
-                copy.write_row((e.originator_id, e.originator_version, e.topic, e.state))
+            for event_row in events:
+                copy.write_row(event_row)
         if not position:
             return 0
         cur.execute(SQL("SELECT max(notification_id) FROM {}").format(self.events_table))
@@ -151,7 +159,7 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
     def append_batch(
         self,
         conn: psycopg.Connection[Any],
-        events: Sequence[StoredEvent],
+        events: Sequence[Row],
         ended: Sequence[UUID],
     ) -> int:
         """One group commit: the events (any turns, in order) and the turns they end.

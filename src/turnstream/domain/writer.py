@@ -187,7 +187,7 @@ class GroupWriter:
 
     def _commit(self, events: Sequence[TurnEvent], ended: Sequence[UUID]) -> int:
         conn = self._connection()
-        stored = [self.app.encode(e) for e in events]
+        stored = [self.app.encode_row(e) for e in events]
         t0 = time.perf_counter()
         position = self.app.store.append_batch(conn, stored, ended)
         self.stats.last_commit_s = time.perf_counter() - t0
@@ -222,7 +222,7 @@ class GroupWriter:
             )
         except (OperationalError, InterfaceError):  # still down; the caller retries
             return False
-        return bool(stored) and stored[0].state == self.app.encode(last).state
+        return bool(stored) and stored[0].state == self.app.encode_row(last)[3]
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
