@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from turnstream.auth import mint
+from turnstream.auth import SECRET_FILE, mint
 
 
 def free_port() -> int:
@@ -61,11 +61,13 @@ def parse_sse(lines: Iterator[str]) -> Iterator[Frame | str]:
 class Server:
     """One `turnstream serve` process; restartable on the same database schema."""
 
-    database_url: str
+    database_url: str | None
+    """None: serve starts its embedded PostgreSQL in the data folder."""
     schema: str
     data_dir: Path
     env_extra: dict[str, str] = field(default_factory=dict)
-    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    secret: str | None = field(default_factory=lambda: secrets.token_urlsafe(32))
+    """None: serve creates its dev secret in the data folder."""
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -75,7 +77,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def token(self, tenant: str = "acme", user: str = "alice", **kw: Any) -> str:
-        return mint(self.secret, tenant=tenant, user=user, **kw)
+        secret = self.secret or (self.data_dir / SECRET_FILE).read_text().strip()
+        return mint(secret, tenant=tenant, user=user, **kw)
 
     def headers(self, tenant: str = "acme", user: str = "alice") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(tenant, user)}"}
@@ -85,16 +88,18 @@ class Server:
         env = (
             {k: v for k, v in os.environ.items() if not k.startswith("TURNSTREAM_")}
             | {
-                "TURNSTREAM_DATABASE_URL": self.database_url,
                 "TURNSTREAM_DATABASE_SCHEMA": self.schema,
                 "TURNSTREAM_DATA_DIR": str(self.data_dir),
-                "TURNSTREAM_JWT_SECRET": self.secret,
                 "TURNSTREAM_PORT": str(self.port),
                 "TURNSTREAM_RUNNER_CHECK_INTERVAL_S": "0.5",
                 "TURNSTREAM_LOG_LEVEL": "WARNING",
             }
             | self.env_extra
         )
+        if self.database_url is not None:
+            env["TURNSTREAM_DATABASE_URL"] = self.database_url
+        if self.secret is not None:
+            env["TURNSTREAM_JWT_SECRET"] = self.secret
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"serve-{self.port}.log"
         log = self.log_path.open("wb")

@@ -1,0 +1,112 @@
+"""`turnstream serve` with zero configuration: its own PostgreSQL and dev secret."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e.test_turn_stream import new_conversation, resume, run_turn
+from tests.support.server import Frame, Server, parse_sse
+
+pytestmark = pytest.mark.e2e
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    pid_file = data_dir / "postgres" / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().split()[0])
+    return pid if psutil.pid_exists(pid) else None
+
+
+def test_zero_config_serve_prints_a_dev_token_and_keeps_its_database(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    node = Server(
+        None,
+        "turnstream",
+        data,
+        secret=None,
+        env_extra={"TURNSTREAM_DEMO_TOKENS": "12", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"},
+    )
+    try:
+        node.start(timeout=120)
+        # The printed dev token works; `turnstream token` signs with the same secret.
+        printed = re.search(r"dev token .*:\n\s+(\S+)", node.log())
+        assert printed is not None, node.log()
+        headers = {"Authorization": f"Bearer {printed.group(1)}"}
+        assert httpx.get(f"{node.base_url}/v1/models", headers=headers).status_code == 200
+        minted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "turnstream",
+                "token",
+                "--tenant",
+                "acme",
+                "--user",
+                "alice",
+                "--ttl",
+                "10m",
+                "--data-dir",
+                str(data),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("TURNSTREAM_")},
+        ).stdout.strip()
+        assert minted.count(".") == 2
+        assert (
+            httpx.get(
+                f"{node.base_url}/v1/models", headers={"Authorization": f"Bearer {minted}"}
+            ).status_code
+            == 200
+        )
+
+        cid = new_conversation(node)
+        answer = run_turn(node, cid, "remember me")[-1].data["text"]
+        pg = postmaster_pid(data)
+        assert pg is not None
+
+        # A clean stop stops the embedded PostgreSQL too.
+        node.stop()
+        assert node.proc is not None
+        assert node.proc.returncode == 0, node.log()
+        assert postmaster_pid(data) is None
+
+        # A restart finds the data again.
+        node.start(timeout=120)
+        view = httpx.get(f"{node.base_url}/v1/conversations/{cid}", headers=node.headers())
+        assert view.json()["messages"][1]["content"] == answer
+
+        # kill -9 leaves PostgreSQL running; the next serve adopts it and ends the
+        # orphaned turn.
+        node.env_extra |= {"TURNSTREAM_DEMO_TOKENS": "400", "TURNSTREAM_DEMO_TOKENS_PER_S": "20"}
+        node.stop()
+        node.start(timeout=120)
+        with httpx.stream(
+            "POST",
+            f"{node.base_url}/v1/conversations/{cid}/turns",
+            json={"content": "long"},
+            headers=node.headers(),
+            timeout=60,
+        ) as r:
+            first = next(f for f in parse_sse(r.iter_lines()) if isinstance(f, Frame))
+        survivor = postmaster_pid(data)
+        node.kill()
+        assert postmaster_pid(data) == survivor
+        node.start(timeout=120)
+        assert postmaster_pid(data) == survivor
+        frames = resume(node, cid, first.data["turn_id"], header=0)
+        assert frames[-1].event == "error"
+        assert frames[-1].data["code"] == "runner_lost"
+    finally:
+        node.stop()
+    assert postmaster_pid(data) is None
