@@ -90,3 +90,27 @@ def test_a_refusing_provider_fails_the_turn_without_leaking_secrets(
     # A new turn works once the provider is back.
     fake_openai.script(chunks=["ok"])
     assert run_turn(llm_server, cid, "Again")[-1].data["text"] == "ok"
+
+
+def test_a_title_model_writes_the_first_turns_title(
+    make_server: ServerFactory, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    models = tmp_path / "titled.toml"
+    models.write_text(
+        f"""
+[[models]]
+id = "local"
+provider = "openai"
+base_url = "{fake_openai.base_url}"
+default = true
+title_model = "local"
+"""
+    )
+    server = make_server(TURNSTREAM_MODELS=str(models))
+    fake_openai.script(chunks=['"Greeting', ' the user"'])
+    cid = new_conversation(server)
+    frames = run_turn(server, cid, "hello hello hello")
+    titles = [f.data["title"] for f in frames if f.event == "title"]
+    assert titles == ["Greeting the user"]
+    assert frames[-1].event == "final"
+    assert len(fake_openai.requests) == 2  # the answer and the title
