@@ -469,7 +469,29 @@ def _read_postmaster_pid(pgdata: Path) -> _Postmaster | None:
     )
 
 
-class EmbeddedPostgres:
+class _Managed:
+    """A server this process starts and stops; ``with`` does both."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedPostgres(_Managed):
     """A real PostgreSQL server whose cluster lives in ``data_dir / "postgres"``.
 
     The cluster is created once (``initdb`` with trust authentication, UTF-8, superuser
@@ -608,18 +630,6 @@ class EmbeddedPostgres:
     def socket_dir(self) -> Path | None:
         """The folder of the server's Unix socket while started."""
         return self._socket_dir if self._pid is not None else None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self.data_dir)!r}, pid={self._pid}, port={self._port})"
@@ -872,7 +882,7 @@ async def _jetstream_answers(url: str) -> None:
         await nc.close()
 
 
-class EmbeddedNats:
+class EmbeddedNats(_Managed):
     """A real nats-server with JetStream whose store lives in ``data_dir / "nats"``.
 
     It listens on 127.0.0.1 on a port remembered in ``data_dir / "nats.port"``, writes its
@@ -961,18 +971,6 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         """The nats-server's pid while started, else None."""
         return self._pid
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedNats({str(self.data_dir)!r}, pid={self._pid}, port={self._port})"

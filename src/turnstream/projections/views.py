@@ -48,13 +48,7 @@ class ConversationSummary(msgspec.Struct, kw_only=True):
     updated_at: datetime
 
 
-class ConversationView(msgspec.Struct, kw_only=True):
-    id: UUID
-    title: str | None
-    model: str
-    system_prompt: str | None
-    created_at: datetime
-    updated_at: datetime
+class ConversationView(ConversationSummary, kw_only=True):
     messages: list[MessageView]
     current_leaf_id: UUID | None
     active_turn: ActiveTurn | None
