@@ -71,12 +71,8 @@ LOCK_CLASS = 0x7475726E  # "turn": the advisory-lock namespace of node leases
 
 
 def node_lock_key(node_id: UUID) -> int:
-    """The 64-bit advisory lock a node holds for as long as it lives."""
+    """The advisory lock a node holds for as long as it lives (a positive bigint)."""
     return (LOCK_CLASS << 32) | int.from_bytes(node_id.bytes[:4], "big")
-
-
-def _signed64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 @dataclass(eq=False)
@@ -530,9 +526,7 @@ class ChatService:
 
     def _take_lease(self) -> None:
         self._lease = self.app.connect()
-        self._lease.execute(
-            "SELECT pg_advisory_lock(%s)", (_signed64(node_lock_key(self.node_id)),)
-        )
+        self._lease.execute("SELECT pg_advisory_lock(%s)", (node_lock_key(self.node_id),))
 
     def _keep_lease(self) -> None:
         try:
@@ -563,9 +557,7 @@ class ChatService:
     def _end_orphans(self, conn: psycopg.Connection[Any]) -> int:
         ended = 0
         for node_id in self.app.store.running_nodes(exclude=self.node_id):
-            written = self.app.end_orphans(
-                conn, node_id, _signed64(node_lock_key(node_id)), _runner_lost
-            )
+            written = self.app.end_orphans(conn, node_id, node_lock_key(node_id), _runner_lost)
             for event in written:
                 log.warning("turn %s: runner on node %s lost", event.originator_id, node_id)
             ended += len(written)

@@ -15,7 +15,7 @@ from turnstream.domain.events import utcnow
 from turnstream.domain.turn import Turn, TurnEvent
 from turnstream.domain.writer import GroupWriter
 from turnstream.ids import uuid7
-from turnstream.service import _runner_lost, _signed64, node_lock_key
+from turnstream.service import _runner_lost, node_lock_key
 from turnstream.settings import Settings
 
 
@@ -138,11 +138,11 @@ def test_a_dead_nodes_turns_end_with_runner_lost_and_a_live_nodes_are_spared(
     out.wait(lambda: len(out.events) == 1)
 
     lease = app.connect()
-    lease.execute("SELECT pg_advisory_lock(%s)", (_signed64(node_lock_key(alive)),))
+    lease.execute("SELECT pg_advisory_lock(%s)", (node_lock_key(alive),))
     janitor = app.connect()
     try:
-        assert app.end_orphans(janitor, alive, _signed64(node_lock_key(alive)), _runner_lost) == []
-        written = app.end_orphans(janitor, dead, _signed64(node_lock_key(dead)), _runner_lost)
+        assert app.end_orphans(janitor, alive, node_lock_key(alive), _runner_lost) == []
+        written = app.end_orphans(janitor, dead, node_lock_key(dead), _runner_lost)
     finally:
         lease.close()
         janitor.close()

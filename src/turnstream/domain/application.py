@@ -6,7 +6,7 @@ these calls on its bounded executor.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, cast
 from uuid import UUID
 
@@ -193,7 +193,3 @@ class TurnstreamApplication(Application[UUID]):
             # Another writer got there first (the runner was alive after all).
             return []
         return written
-
-
-def decode_turn_events(stored: Sequence[StoredEvent]) -> list[TurnEvent]:
-    return [cast(TurnEvent, decode_event(e.topic, e.state)) for e in stored]

@@ -120,7 +120,7 @@ class GroupWriter:
             self._write(drafts)
 
     def _take(self) -> list[Draft]:
-        """Up to max_batch drafts, whole (a merged run counts once)."""
+        """The oldest drafts, at most max_batch of them; the rest wait for the next batch."""
         drafts = self._pending[: self.max_batch]
         del self._pending[: self.max_batch]
         return drafts

@@ -8,7 +8,6 @@ from uuid import UUID
 
 import msgspec
 from litestar import Litestar, Request, Response, Router, delete, get, patch, post
-from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
@@ -18,7 +17,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from turnstream.auth import Caller, verify
-from turnstream.errors import Invalid, ServiceUnavailable
+from turnstream.errors import Invalid
 from turnstream.http.problems import EXCEPTION_HANDLERS, problem
 from turnstream.http.sse import HEADERS
 from turnstream.projections.views import ConversationSummary, ConversationView
@@ -283,6 +282,3 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
     app.state.service = service
     app.state.jwt_secret = jwt_secret
     return app
-
-
-__all__ = ["ASGIConnection", "ServiceUnavailable", "create_app"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from turnstream.errors import LimitExceeded, TurnstreamError
@@ -87,5 +87,3 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_error,
     Exception: handle_unexpected,
 }
-
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]
