@@ -14,7 +14,9 @@ started only if some test asks for ``nats_url``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import uuid
@@ -205,3 +207,42 @@ def db_schema(database_url: str) -> Iterator[str]:
             # the session.
             conn.execute("set lock_timeout = '30s'")
             conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
+
+
+@dataclasses.dataclass(frozen=True)
+class NatsTarget:
+    """A NATS server and a stream name and subject prefix that belong to one test."""
+
+    url: str
+    stream: str
+    prefix: str
+
+    def env(self) -> dict[str, str]:
+        """The `turnstream serve` settings that point at this server, stream and prefix."""
+        return {
+            "TURNSTREAM_NATS_URL": self.url,
+            "TURNSTREAM_NATS_STREAM": self.stream,
+            "TURNSTREAM_NATS_SUBJECT_PREFIX": self.prefix,
+        }
+
+
+async def _delete_stream(url: str, stream: str) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2)
+    try:
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def nats_target(nats_url: str) -> Iterator[NatsTarget]:
+    """This test's own stream and subject prefix on the session's NATS, deleted afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    target = NatsTarget(url=nats_url, stream=f"TS_{tag.upper()}", prefix=f"ts_{tag}")
+    yield target
+    with contextlib.suppress(Exception):
+        asyncio.run(_delete_stream(nats_url, target.stream))

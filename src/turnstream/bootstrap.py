@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turnstream.auth import resolve_secret
+from turnstream.bus.nats import NatsLink
+from turnstream.bus.relay import Relay
 from turnstream.domain.application import (
     TurnstreamApplication,
     ensure_schema,
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 class Container:
     settings: Settings
     database_url: str
+    nats_url: str
     app: TurnstreamApplication
     service: ChatService
     jwt_secret: str
@@ -55,6 +58,19 @@ def start_database(settings: Settings) -> tuple[str, list[Any]]:
     return url, [server]
 
 
+def start_nats(settings: Settings) -> tuple[str, list[Any]]:
+    """The configured NATS, or an embedded nats-server with JetStream in the data folder."""
+    if settings.nats_url:
+        return settings.nats_url, []
+    from turnstream.embedded import EmbeddedNats
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedNats(settings.data_dir)
+    url = server.start()
+    log.info("embedded NATS ready in %s", settings.data_dir)
+    return url, [server]
+
+
 def build_application(settings: Settings, database_url: str) -> TurnstreamApplication:
     ensure_schema(database_url, settings.database_schema)
     return TurnstreamApplication(
@@ -63,15 +79,35 @@ def build_application(settings: Settings, database_url: str) -> TurnstreamApplic
 
 
 def bootstrap(settings: Settings) -> Container:
+    """Everything ``serve`` runs: store, NATS link, relay, providers and the service."""
     database_url, embedded = start_database(settings)
     try:
+        nats_url, more = start_nats(settings)
+        embedded += more
         app = build_application(settings, database_url)
         models = settings.load_models()
         providers = Providers(settings)
-        service = ChatService(settings, app, models, providers)
+        link = NatsLink(nats_url, settings)
+        service = ChatService(settings, app, models, providers, link)
         secret, dev = resolve_secret(settings.jwt_secret, settings.data_dir)
     except BaseException:
-        for server in embedded:
+        for server in reversed(embedded):
             server.stop()
         raise
-    return Container(settings, database_url, app, service, secret, dev, embedded)
+    return Container(settings, database_url, nats_url, app, service, secret, dev, embedded)
+
+
+def bootstrap_relay(settings: Settings) -> tuple[Relay, list[Any]]:
+    """The relay alone (``turnstream relay``): the store and NATS, nothing else."""
+    database_url, embedded = start_database(settings)
+    try:
+        nats_url, more = start_nats(settings)
+        embedded += more
+        app = build_application(settings, database_url)
+        link = NatsLink(nats_url, settings, name="turnstream-relay")
+        relay = Relay(app, link, batch=settings.relay_batch, takeover_s=settings.relay_takeover_s)
+    except BaseException:
+        for server in reversed(embedded):
+            server.stop()
+        raise
+    return relay, embedded

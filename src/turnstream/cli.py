@@ -1,4 +1,4 @@
-"""``turnstream``: serve, token."""
+"""``turnstream``: serve, relay, tail, token."""
 
 from __future__ import annotations
 
@@ -39,10 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from turnstream.http.app import create_app
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _logging(settings)
     container = bootstrap(settings)
     try:
         app = create_app(container.service, container.jwt_secret, settings.max_body_bytes)
@@ -50,6 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"turnstream on {base}  (API {base}/v1, docs {base}/schema)", flush=True)
         if not settings.database_url:
             print(f"embedded PostgreSQL, data in {settings.data_dir}", flush=True)
+        if not settings.nats_url:
+            print(f"embedded NATS at {container.nats_url}, data in {settings.data_dir}", flush=True)
         if container.dev_secret:
             token = mint(container.jwt_secret, tenant="dev", user="dev", ttl_s=30 * 86400)
             print("no TURNSTREAM_JWT_SECRET set: a dev secret lives in the data folder.")
@@ -76,6 +75,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.Server(config).run()
     finally:
         container.close()
+    return 0
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    """Run the relay alone: it leads, or stands by until the active relay dies."""
+    import asyncio
+
+    from turnstream.bootstrap import bootstrap_relay
+
+    settings = _settings(args)
+    _logging(settings)
+    relay, embedded = bootstrap_relay(settings)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        relay.link.start()
+        try:
+            await relay.run_forever()
+        finally:
+            await relay.link.close()
+
+    print(f"turnstream relay: store -> NATS stream {settings.nats_stream}", flush=True)
+    try:
+        asyncio.run(run())
+    except asyncio.CancelledError:
+        pass
+    finally:
+        relay.app.close()
+        for server in reversed(embedded):
+            server.stop()
     return 0
 
 
@@ -112,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (TURNSTREAM_PORT, default 8000)")
     serve.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
     serve.set_defaults(func=cmd_serve)
+
+    relay = sub.add_parser(
+        "relay", help="run only the relay: every stored event onto NATS JetStream"
+    )
+    relay.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
+    relay.set_defaults(func=cmd_relay)
 
     token = sub.add_parser("token", help="print a bearer token signed with serve's secret")
     token.add_argument("--tenant", required=True)

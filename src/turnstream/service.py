@@ -19,11 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
+import msgspec
 import psycopg
 from eventsourcing.persistence import IntegrityError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from turnstream.auth import Caller
+from turnstream.bus.envelope import control_subject, decode_envelope, event_of, turn_wildcard
 from turnstream.bus.local import Frame, LocalBus
+from turnstream.bus.nats import NatsLink
+from turnstream.bus.relay import Relay
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import utcnow
@@ -120,8 +128,10 @@ class ChatService:
         app: TurnstreamApplication,
         models: dict[str, ModelConfig],
         providers: Providers,
+        link: NatsLink | None = None,
     ) -> None:
         self.settings = settings
+        self.link = link
         self.app = app
         self.models = models
         self.providers = providers
@@ -135,6 +145,8 @@ class ChatService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease: psycopg.Connection[Any] | None = None
         self._janitor: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.relay: Relay | None = None
         self._ready = False
 
     # Lifecycle.
@@ -144,6 +156,22 @@ class ChatService:
         await self.run(self._take_lease)
         self.writer.start()
         self._janitor = asyncio.create_task(self._janitor_loop(), name="turnstream-janitor")
+        if self.link is not None:
+            self.link.start()
+            self._background.append(
+                asyncio.create_task(self._listen_control(), name="turnstream-control")
+            )
+            if self.settings.relay:
+                self.relay = Relay(
+                    self.app,
+                    self.link,
+                    batch=self.settings.relay_batch,
+                    takeover_s=self.settings.relay_takeover_s,
+                    run=self.run,
+                )
+                self._background.append(
+                    asyncio.create_task(self.relay.run_forever(), name="turnstream-relay")
+                )
         self._ready = True
 
     async def stop(self) -> None:
@@ -161,6 +189,18 @@ class ChatService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        if self.relay is not None:
+            # Give the relay a moment to publish what the last commits stored; whatever
+            # it leaves, the next active relay publishes (it resumes from the stream).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._relay_idle(), 2.0)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.link is not None:
+            await self.link.close()
         if self._lease is not None:
             self._lease.close()
         await self.providers.aclose()
@@ -175,6 +215,17 @@ class ChatService:
 
     def ready(self) -> bool:
         return self._ready
+
+    async def _relay_idle(self) -> None:
+        assert self.relay is not None
+        while self.relay.status.active:
+            head = await self.run(self.app.store.max_notification_id)
+            if self.relay.status.position >= (head or 0):
+                return
+            await asyncio.sleep(0.05)
+
+    async def check_nats(self) -> bool:
+        return self.link is not None and await self.link.ping()
 
     async def check_store(self) -> bool:
         def ping() -> bool:
@@ -342,8 +393,59 @@ class ChatService:
         return await self.run(self.app.store.running_turn, conversation_id)
 
     async def cancel(self, caller: Caller, conversation_id: UUID, turn_id: UUID) -> None:
-        await self.check_turn(caller, conversation_id, turn_id)
-        self.cancel_local(turn_id, reason="cancelled")
+        """Cancel the turn wherever it runs: here, or on its node through NATS."""
+        await self.conversation(caller, conversation_id)
+        row = await self.run(self.app.store.turn_row, turn_id)
+        if row is None or row.conversation_id != conversation_id:
+            raise TurnNotFound(turn_id)
+        if row.ended or self.cancel_local(turn_id, reason="cancelled"):
+            return
+        if row.node_id == self.node_id:
+            return  # ending right now, or already ended
+        link = self.link
+        if link is None or link.nc is None or not link.connected:
+            msg = "The node running this turn cannot be reached now; try again."
+            raise ServiceUnavailable(msg)
+        request = _ControlRequest(op="cancel", turn_id=turn_id)
+        try:
+            await link.nc.request(
+                control_subject(self.settings.nats_subject_prefix, row.node_id),
+                _control_encoder.encode(request),
+                timeout=3,
+            )
+        except NoRespondersError:
+            # That node is gone: its turns end as runner_lost within the check interval.
+            log.info("cancel %s: node %s does not answer; left to recovery", turn_id, row.node_id)
+        except (NatsTimeout, TimeoutError):
+            msg = "The node running this turn did not answer; try again."
+            raise ServiceUnavailable(msg) from None
+
+    async def _listen_control(self) -> None:
+        """Take commands for this node (cancel) from NATS; nats-py resubscribes on reconnect."""
+        link = self.link
+        assert link is not None
+        await link.ready.wait()
+        assert link.nc is not None
+
+        async def handle(msg: Msg) -> None:
+            try:
+                request = _control_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                log.warning("ignoring a malformed control message")
+                return
+            done = False
+            if request.op == "cancel":
+                done = self.cancel_local(request.turn_id, reason="cancelled")
+            if msg.reply:
+                await msg.respond(_control_encoder.encode(_ControlReply(ok=True, done=done)))
+
+        subject = control_subject(self.settings.nats_subject_prefix, self.node_id)
+        sub = await link.nc.subscribe(subject, cb=handle)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     def cancel_local(self, turn_id: UUID, *, reason: str) -> bool:
         running = self.running.get(turn_id)
@@ -353,13 +455,18 @@ class ChatService:
         running.task.cancel()
         return True
 
-    async def follow(self, turn_id: UUID, after: int = 0) -> AsyncIterator[bytes]:
+    async def follow(
+        self, tenant: str, conversation_id: UUID, turn_id: UUID, after: int = 0
+    ) -> AsyncIterator[bytes]:
         """The turn's frames after ``after``, then live until its terminal frame.
 
         Subscribes before reading the store, so nothing committed in between is missed;
         drops by ``seq`` what the store read already gave, so nothing is sent twice.
+        Live frames come from this node's writer when the turn runs here, else from
+        NATS (the relay's messages), with a store read as a safety net.
         """
         queue = self.bus.subscribe(turn_id)
+        remote = await self._subscribe_remote(tenant, conversation_id, turn_id, queue)
         last = after
         last_sent = time.monotonic()
         ping_every = self.settings.ping_interval_s
@@ -383,7 +490,9 @@ class ChatService:
                     local = self.bus.is_running(turn_id)
                     wait = ping_every - (time.monotonic() - last_sent)
                     if not local:
-                        wait = min(wait, self.settings.store_poll_interval_s)
+                        live = remote is not None and self.link is not None and self.link.connected
+                        poll = self.settings.remote_poll_interval_s if live else None
+                        wait = min(wait, poll or self.settings.store_poll_interval_s)
                     try:
                         frame: Frame = await asyncio.wait_for(queue.get(), max(wait, 0.0))
                     except TimeoutError:
@@ -404,6 +513,32 @@ class ChatService:
                         return
         finally:
             self.bus.unsubscribe(turn_id, queue)
+            if remote is not None:
+                with contextlib.suppress(Exception):
+                    await remote.unsubscribe()
+
+    async def _subscribe_remote(
+        self, tenant: str, conversation_id: UUID, turn_id: UUID, queue: asyncio.Queue[Frame]
+    ) -> Subscription | None:
+        """Feed ``queue`` from NATS when the turn runs on another node (None otherwise)."""
+        link = self.link
+        if self.bus.is_running(turn_id) or link is None or link.nc is None or not link.connected:
+            return None
+
+        async def deliver(msg: Msg) -> None:
+            try:
+                event = event_of(decode_envelope(msg.data))
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+                log.warning("ignoring a malformed message on %s", msg.subject)
+                return
+            queue.put_nowait(self.bus.frame(event))  # type: ignore[arg-type]
+
+        subject = turn_wildcard(self.settings.nats_subject_prefix, tenant, conversation_id, turn_id)
+        try:
+            return await link.nc.subscribe(subject, cb=deliver)
+        except Exception as exc:  # NATS trouble: the reader falls back to store polling
+            log.debug("no live NATS feed for turn %s: %s", turn_id, exc)
+            return None
 
     # The runner.
 
@@ -562,6 +697,20 @@ class ChatService:
                 log.warning("turn %s: runner on node %s lost", event.originator_id, node_id)
             ended += len(written)
         return ended
+
+
+class _ControlRequest(msgspec.Struct, frozen=True):
+    op: Literal["cancel"]
+    turn_id: UUID
+
+
+class _ControlReply(msgspec.Struct, frozen=True):
+    ok: bool
+    done: bool
+
+
+_control_encoder = msgspec.json.Encoder()
+_control_decoder = msgspec.json.Decoder(_ControlRequest)
 
 
 def _usage(usage: Usage) -> TurnUsage:

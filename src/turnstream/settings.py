@@ -70,6 +70,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The PostgreSQL schema holding the event store and its tables."""
     nats_url: str | None = None
     """NATS URL. Unset: an embedded nats-server with JetStream in the data folder."""
+    nats_stream: str = "TURNSTREAM"
+    """The JetStream stream every stored event is relayed to."""
+    nats_subject_prefix: str = "turnstream"
+    """The stream's subjects are ``<prefix>.>``; control messages use ``_<prefix>_ctl.>``."""
+    nats_replicas: int = 1
+    """Stream replicas (3 on a three-node NATS cluster for production)."""
+    nats_max_age_s: float = 0.0
+    """Drop relayed events older than this from the stream (0: keep forever)."""
+    nats_max_bytes: int = 0
+    """Drop the oldest relayed events beyond this stream size (0: no limit)."""
+    nats_duplicate_window_s: float = 120.0
+    """JetStream's de-duplication window on ``Nats-Msg-Id`` (correctness does not rely on it)."""
+    relay: bool = True
+    """Run the relay inside ``serve`` (one node at a time is active; the others stand by)."""
+    relay_batch: int = 1000
+    """Events the relay reads from the store per page (and at most twice that in flight)."""
+    relay_takeover_s: float = 2.0
+    """How often a standby relay tries to take over, and the wait between retries."""
+    remote_poll_interval_s: float = 2.0
+    """With NATS up, how often a reader of a turn run elsewhere also checks the store."""
     jwt_secret: str | None = None
     """HS256 secret. Unset: a secret created once in the data folder (dev tokens printed)."""
     models: Path | None = None

@@ -8,14 +8,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.conftest import NatsTarget
 from tests.support.server import Server
 
 ServerFactory = Callable[..., Server]
 
 
 @pytest.fixture
-def make_server(database_url: str, db_schema: str, tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start `turnstream serve` processes on this test's schema (stopped afterwards)."""
+def make_server(
+    database_url: str, db_schema: str, nats_target: NatsTarget, tmp_path: Path
+) -> Iterator[ServerFactory]:
+    """Start `turnstream serve` processes on this test's schema and stream (stopped afterwards).
+
+    They share one PostgreSQL schema, one NATS stream and one JWT secret: a cluster.
+    """
     started: list[Server] = []
 
     secret = secrets.token_urlsafe(32)
@@ -25,7 +31,7 @@ def make_server(database_url: str, db_schema: str, tmp_path: Path) -> Iterator[S
             database_url,
             db_schema,
             tmp_path / f"node{len(started)}",
-            env_extra=env,
+            env_extra=nats_target.env() | env,
             secret=secret,
         )
         started.append(server)

@@ -59,8 +59,17 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         schema = Identifier(self.datastore.schema)
         self.index_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_turns"))
         self.events_table = SQL("{}.{}").format(schema, Identifier(events_table_name))
+        self.relay_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_relay"))
         self.sql_create_statements.extend(
             [
+                # The relay's checkpoint: a stream sequence and the position it holds.
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {} ("
+                    " stream text PRIMARY KEY,"
+                    " stream_seq bigint NOT NULL,"
+                    " position bigint NOT NULL,"
+                    " updated_at timestamptz NOT NULL DEFAULT now())"
+                ).format(self.relay_table),
                 SQL(
                     "CREATE TABLE IF NOT EXISTS {} ("
                     " turn_id uuid PRIMARY KEY,"

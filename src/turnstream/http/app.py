@@ -95,18 +95,25 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["operations"], summary="Readiness: the event store answers")
+@get("/readyz", tags=["operations"], summary="Readiness: PostgreSQL and NATS answer")
 async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
     service = _service(request)
-    if not service.ready() or not await service.check_store():
+    ready = service.ready()
+    checks = {
+        "postgres": "ok" if ready and await service.check_store() else "down",
+        "nats": "ok" if ready and await service.check_nats() else "down",
+    }
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        names = {"postgres": "PostgreSQL", "nats": "NATS"}
         return problem(
             503,
             "service_unavailable",
             "Service unavailable",
-            "PostgreSQL is not reachable.",
-            checks={"postgres": "down"},
+            " and ".join(names[n] for n in down) + " not reachable.",
+            checks=checks,
         )
-    return Response(Health(status="ok", checks={"postgres": "ok"}))
+    return Response(Health(status="ok", checks=checks))
 
 
 @get("/models", tags=["models"], summary="The configured models")
@@ -185,7 +192,7 @@ async def start_turn(
             model=data.model,
         ),
     )
-    return _sse(service.follow(turn_id, after))
+    return _sse(service.follow(caller.tenant, cid, turn_id, after))
 
 
 @get(
@@ -204,7 +211,7 @@ async def turn_events(
 ) -> Stream:
     start = _resume_from(request, after)
     await service.check_turn(caller, cid, tid)
-    return _sse(service.follow(tid, start))
+    return _sse(service.follow(caller.tenant, cid, tid, start))
 
 
 @get(
@@ -220,7 +227,7 @@ async def active_stream(
     turn_id = await service.active_turn(caller, cid)
     if turn_id is None:
         return Response(None, status_code=HTTP_204_NO_CONTENT)
-    return _sse(service.follow(turn_id, start))
+    return _sse(service.follow(caller.tenant, cid, turn_id, start))
 
 
 @post(

@@ -1,0 +1,141 @@
+"""What the relay publishes: subjects, headers and the JSON envelope of each stored event.
+
+Contract ("NATS JetStream"):
+
+- turn events on ``<prefix>.<tenant>.<conversation_id>.turn.<turn_id>.<type>``;
+- conversation events on ``<prefix>.<tenant>.<conversation_id>.conversation.<type>``;
+- headers ``Nats-Msg-Id: <stream_id>:<seq>`` and ``Turnstream-Position: <position>``;
+- body ``{id, type, tenant, conversation_id, turn_id, seq, position, occurred_at, data}``.
+
+``data`` is the stored event exactly as the log holds it (its JSON state, byte for byte),
+so an auditor reads on NATS what the store holds, and the relay never re-encodes it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from turnstream.domain.conversation import Conversation, ConversationEvent
+from turnstream.domain.events import DomainEvent
+from turnstream.domain.turn import Turn, TurnEvent
+
+MSG_ID = "Nats-Msg-Id"
+POSITION = "Turnstream-Position"
+EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+
+TURN_EVENTS: tuple[type[TurnEvent], ...] = (
+    Turn.Started,
+    Turn.ReasoningAppended,
+    Turn.TokensAppended,
+    Turn.Titled,
+    Turn.Finished,
+    Turn.Failed,
+)
+CONVERSATION_EVENTS: tuple[type[ConversationEvent], ...] = (
+    Conversation.Created,
+    Conversation.Renamed,
+    Conversation.Deleted,
+)
+EVENT_TYPES: dict[str, type[DomainEvent]] = {
+    **{cls.SUBJECT_TYPE: cls for cls in TURN_EVENTS},
+    **{cls.SUBJECT_TYPE: cls for cls in CONVERSATION_EVENTS},
+}
+"""Envelope ``type`` → event class. Turn and conversation types never share a name."""
+
+TOPIC_TYPES: dict[str, str] = {cls.TOPIC: t for t, cls in EVENT_TYPES.items()}
+TURN_TOPICS = frozenset(cls.TOPIC for cls in TURN_EVENTS)
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored event as published on NATS."""
+
+    id: str
+    """``<stream_id>:<seq>``: the event's identity (and its ``Nats-Msg-Id``)."""
+    type: str
+    """``turn_started``, ``token``, ``reasoning``, ``title``, ``final``, ``error``;
+    ``created``, ``renamed``, ``deleted``."""
+    tenant: str
+    conversation_id: UUID
+    turn_id: UUID | None
+    """The turn, for turn events; null for conversation events."""
+    seq: int
+    """The event's number within its stream (turn or conversation): 1, 2, 3 …"""
+    position: int
+    """The event store's notification id: increasing in commit order, possibly with holes."""
+    occurred_at: datetime
+    data: msgspec.Raw
+    """The stored event: its fields as the log holds them."""
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode_envelope(body: bytes) -> Envelope:
+    return _decoder.decode(body)
+
+
+def event_of(envelope: Envelope) -> DomainEvent:
+    """The domain event an envelope carries."""
+    cls = EVENT_TYPES[envelope.type]
+    event: DomainEvent = msgspec.json.decode(envelope.data, type=cls)
+    return event
+
+
+def turn_subject(prefix: str, tenant: str, conversation_id: UUID, turn_id: UUID, kind: str) -> str:
+    return f"{prefix}.{tenant}.{conversation_id}.turn.{turn_id}.{kind}"
+
+
+def conversation_subject(prefix: str, tenant: str, conversation_id: UUID, kind: str) -> str:
+    return f"{prefix}.{tenant}.{conversation_id}.conversation.{kind}"
+
+
+def turn_wildcard(prefix: str, tenant: str, conversation_id: UUID, turn_id: UUID) -> str:
+    """Every event of one turn."""
+    return f"{prefix}.{tenant}.{conversation_id}.turn.{turn_id}.*"
+
+
+def control_subject(prefix: str, node_id: UUID) -> str:
+    """Where a node takes commands (cancel); outside the stream's subjects on purpose."""
+    return f"_{prefix}_ctl.{node_id}"
+
+
+def msg_id(stream_id: UUID, seq: int) -> str:
+    return f"{stream_id}:{seq}"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the envelope, with ``data`` per ``type`` (from the msgspec types)."""
+    classes = list(EVENT_TYPES.values())
+    (envelope, *events), components = msgspec.json.schema_components(
+        [Envelope, *classes], ref_template="#/$defs/{name}"
+    )
+    defs = dict(components)
+    env_def = dict(defs[envelope["$ref"].rsplit("/", 1)[1]])
+    props = dict(env_def["properties"])
+    props["type"] = {"enum": list(EVENT_TYPES)}
+    props["data"] = {"description": "The stored event; its shape depends on `type`."}
+    env_def["properties"] = props
+    env_def["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": kind}}},
+            "then": {"properties": {"data": ref}},
+        }
+        for kind, ref in zip(EVENT_TYPES, events, strict=True)
+    ]
+    defs[envelope["$ref"].rsplit("/", 1)[1]] = env_def
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://turnstream.dev/schema/nats-envelope.v1.json",
+        **env_def,
+        "title": "turnstream NATS envelope (v1)",
+        "$defs": {k: v for k, v in defs.items() if k != "Envelope"},
+    }

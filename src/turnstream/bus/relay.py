@@ -1,0 +1,410 @@
+"""The relay: every stored event onto JetStream, once, in position order.
+
+How exactly-once holds without trusting JetStream's duplicate window:
+
+- The stream only ever holds a prefix of the log, in order. Every publish carries
+  ``Nats-Expected-Last-Sequence``: the message for the i-th event after the stream's
+  last message expects that message's sequence + i - 1, and JetStream refuses it
+  otherwise. A message lost in flight, a publish left over from a dead relay, or a
+  second relay that thinks it leads can never store an event twice or out of order.
+- On start, and after any error, the relay asks the stream where it stands: the
+  ``Turnstream-Position`` header of its last message is the last relayed event. If
+  retention already removed that message, a checkpoint in PostgreSQL (a stream
+  sequence and its position, written after acks) plus the count of messages since
+  maps the stream's last sequence back to a position exactly.
+- One relay is active per store and stream: it holds a PostgreSQL advisory lock on its
+  connection; standbys try every ``relay_takeover_s``, and the lock frees the moment the
+  active relay's process dies.
+
+Memory is bounded: one page of ``relay_batch`` events is read at a time, and at most two
+pages of publishes wait for their acks before the next page is read (back-pressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import msgspec
+import psycopg
+from nats.js.api import PubAck
+from nats.js.errors import NotFoundError
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
+
+from turnstream.bus.envelope import (
+    EXPECTED_LAST_SEQ,
+    MSG_ID,
+    POSITION,
+    TOPIC_TYPES,
+    TURN_TOPICS,
+    conversation_subject,
+    turn_subject,
+)
+from turnstream.bus.nats import NatsLink
+from turnstream.domain.application import TurnstreamApplication
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK_CLASS = 0x72656C79  # "rely"
+OWNER_CACHE = 100_000
+
+
+def relay_lock_key(schema: str, stream: str) -> int:
+    """The advisory lock of the active relay of one store and stream (a bigint)."""
+    digest = hashlib.blake2b(f"{schema}/{stream}".encode(), digest_size=4).digest()
+    return (RELAY_LOCK_CLASS << 32) | int.from_bytes(digest, "big")
+
+
+class StoredRow(NamedTuple):
+    position: int
+    originator_id: UUID
+    version: int
+    topic: str
+    state: bytes
+
+
+class _Head(msgspec.Struct):
+    """The few fields of a stored event the envelope needs (msgspec skips the rest)."""
+
+    timestamp: str
+    tenant: str | None = None
+    conversation_id: UUID | None = None
+
+
+class _Wire(msgspec.Struct, array_like=False):
+    id: str
+    type: str
+    tenant: str
+    conversation_id: UUID
+    turn_id: UUID | None
+    seq: int
+    position: int
+    occurred_at: str
+    data: msgspec.Raw
+
+
+_head = msgspec.json.Decoder(_Head)
+_wire = msgspec.json.Encoder()
+
+
+class RelayError(Exception):
+    """The stream and the store disagree in a way the relay cannot repair by itself."""
+
+
+@dataclass
+class RelayStatus:
+    active: bool = False
+    position: int = 0
+    """The last event the stream is known to hold."""
+    stream_seq: int = 0
+    head: int = 0
+    """The store's last position, as last seen."""
+    published: int = 0
+    resyncs: int = 0
+    last_error: str | None = None
+
+    @property
+    def lag(self) -> int:
+        return max(self.head - self.position, 0)
+
+
+class Relay:
+    """Follows the store's notification log and publishes it on JetStream."""
+
+    def __init__(
+        self,
+        app: TurnstreamApplication,
+        link: NatsLink,
+        *,
+        batch: int = 1000,
+        takeover_s: float = 2.0,
+        run: Callable[..., Awaitable[Any]] | None = None,
+    ) -> None:
+        self.app = app
+        self.link = link
+        self.settings = link.settings
+        self.stream = self.settings.nats_stream
+        self.prefix = self.settings.nats_subject_prefix
+        self.batch = max(1, batch)
+        self.takeover_s = takeover_s
+        self.status = RelayStatus()
+        self._run_sync = run
+        self._owners: OrderedDict[UUID, tuple[str, UUID]] = OrderedDict()
+        self._woken = False
+        store = app.store
+        self._events = store.events_table
+        self._checkpoints = store.relay_table
+        self._channel = store.channel_name
+        self._lock_key = relay_lock_key(store.datastore.schema, self.stream)
+        self._page_sql = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(self._events)
+        self._owner_sql = SQL(
+            "SELECT originator_id, state FROM {}"
+            " WHERE originator_id = ANY(%s) AND originator_version = 1"
+        ).format(self._events)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._run_sync is not None:
+            return await self._run_sync(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # The outer loop: lead or stand by, and start over after any failure.
+
+    async def run_forever(self) -> None:
+        delay = 0.2
+        while True:
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                await self.link.ready.wait()
+                conn = await self._call(self.app.connect)
+                if not await self._call(self._try_lead, conn):
+                    await self._call(conn.close)
+                    conn = None
+                    await asyncio.sleep(self.takeover_s)
+                    continue
+                log.info("relay active for stream %s", self.stream)
+                self.status.active = True
+                delay = 0.2
+                await self._relay(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS, PostgreSQL or a refused publish: start over
+                self.status.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("relay stopped (%s); resuming from the stream's state", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.takeover_s * 2)
+            finally:
+                self.status.active = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+    def _try_lead(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key,)).fetchone()
+        if not (row and row[0]):
+            return False
+        conn.execute(SQL("LISTEN {}").format(Identifier(self._channel)))
+        conn.add_notify_handler(self._on_notify)
+        return True
+
+    def _on_notify(self, _: Any) -> None:
+        self._woken = True
+
+    # Where the stream stands.
+
+    async def resume_point(self, conn: psycopg.Connection[Any]) -> tuple[int, int]:
+        """(position, stream sequence) of the last event the stream holds."""
+        js = self.link.js
+        assert js is not None
+        info = await js.stream_info(self.stream)
+        last_seq = info.state.last_seq
+        if last_seq == 0:
+            return 0, 0
+        try:
+            last = await js.get_msg(self.stream, last_seq)
+        except NotFoundError:
+            last = None
+        if last is not None and last.headers and POSITION in last.headers:
+            return int(last.headers[POSITION]), last_seq
+        # Retention removed the last message: count on from the checkpoint.
+        checkpoint = await self._call(self._read_checkpoint, conn)
+        if checkpoint is None or checkpoint[0] > last_seq:
+            msg = (
+                f"stream {self.stream} is at sequence {last_seq} but its last message is gone"
+                " and no usable checkpoint exists; see README, 'Relay recovery'"
+            )
+            raise RelayError(msg)
+        seq, position = checkpoint
+        if seq == last_seq:
+            return position, last_seq
+        found = await self._call(self._nth_after, conn, position, last_seq - seq)
+        if found is None:
+            msg = f"stream {self.stream} holds more events than the store after {position}"
+            raise RelayError(msg)
+        return found, last_seq
+
+    def _read_checkpoint(self, conn: psycopg.Connection[Any]) -> tuple[int, int] | None:
+        row = conn.execute(
+            SQL("SELECT stream_seq, position FROM {} WHERE stream = %s").format(self._checkpoints),
+            (self.stream,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def _write_checkpoint(self, conn: psycopg.Connection[Any], seq: int, position: int) -> None:
+        conn.execute(
+            SQL(
+                "INSERT INTO {} (stream, stream_seq, position) VALUES (%s, %s, %s)"
+                " ON CONFLICT (stream) DO UPDATE SET stream_seq = excluded.stream_seq,"
+                " position = excluded.position, updated_at = now()"
+            ).format(self._checkpoints),
+            (self.stream, seq, position),
+        )
+
+    def _nth_after(self, conn: psycopg.Connection[Any], position: int, n: int) -> int | None:
+        row = conn.execute(
+            SQL(
+                "SELECT notification_id FROM {} WHERE notification_id > %s"
+                " ORDER BY notification_id OFFSET %s LIMIT 1"
+            ).format(self._events),
+            (position, n - 1),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    # Reading the store.
+
+    def _page(self, conn: psycopg.Connection[Any], after: int) -> list[StoredRow]:
+        self._woken = False
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(self._page_sql, (after, self.batch))
+            return [StoredRow(r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
+
+    def _wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
+        """Block until the store notifies a commit (or the timeout passes)."""
+        if self._woken:
+            return
+        for _ in conn.notifies(timeout=timeout, stop_after=1):
+            pass
+
+    def _lookup_owners(self, conn: psycopg.Connection[Any], ids: list[UUID]) -> None:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(self._owner_sql, (ids,))
+            for originator_id, state in cur.fetchall():
+                head = _head.decode(state)
+                if head.tenant is not None:
+                    conversation_id = head.conversation_id or originator_id
+                    self._remember(originator_id, head.tenant, conversation_id)
+
+    def _remember(self, aggregate_id: UUID, tenant: str, conversation_id: UUID) -> None:
+        owners = self._owners
+        owners[aggregate_id] = (tenant, conversation_id)
+        if len(owners) > OWNER_CACHE:
+            owners.popitem(last=False)
+
+    # Building messages.
+
+    def _messages(
+        self, conn: psycopg.Connection[Any], rows: list[StoredRow]
+    ) -> list[tuple[str, bytes, int, str]]:
+        """(subject, body, position, msg id) for each row, in order."""
+        owners = self._owners
+        missing = [
+            r.originator_id
+            for r in rows
+            if r.version > 1 and r.originator_id not in owners and r.topic in TOPIC_TYPES
+        ]
+        if missing:
+            self._lookup_owners(conn, list(dict.fromkeys(missing)))
+        out: list[tuple[str, bytes, int, str]] = []
+        for row in rows:
+            kind = TOPIC_TYPES.get(row.topic)
+            if kind is None:
+                msg = f"event at position {row.position} has an unknown topic {row.topic!r}"
+                raise RelayError(msg)
+            state = bytes(row.state)
+            head = _head.decode(state)
+            is_turn = row.topic in TURN_TOPICS
+            if row.version == 1 and head.tenant is not None:
+                conversation_id = head.conversation_id if is_turn else row.originator_id
+                assert conversation_id is not None
+                self._remember(row.originator_id, head.tenant, conversation_id)
+            owner = owners.get(row.originator_id)
+            if owner is None:
+                msg = f"event at position {row.position}: no first event for {row.originator_id}"
+                raise RelayError(msg)
+            tenant, conversation_id = owner
+            event_id = f"{row.originator_id}:{row.version}"
+            if is_turn:
+                turn_id = row.originator_id
+                subject = turn_subject(self.prefix, tenant, conversation_id, turn_id, kind)
+            else:
+                subject = conversation_subject(self.prefix, tenant, conversation_id, kind)
+            body = _wire.encode(
+                _Wire(
+                    id=event_id,
+                    type=kind,
+                    tenant=tenant,
+                    conversation_id=conversation_id,
+                    turn_id=row.originator_id if is_turn else None,
+                    seq=row.version,
+                    position=row.position,
+                    occurred_at=head.timestamp,
+                    data=msgspec.Raw(state),
+                )
+            )
+            out.append((subject, body, row.position, event_id))
+        return out
+
+    # The inner loop, while leading.
+
+    async def _relay(self, conn: psycopg.Connection[Any]) -> None:
+        js = self.link.js
+        assert js is not None
+        position, seq = await self.resume_point(conn)
+        self.status.position, self.status.stream_seq = position, seq
+        self.status.resyncs += 1
+        log.info("relay resumes after position %d (stream sequence %d)", position, seq)
+        inflight: deque[tuple[asyncio.Future[PubAck], int, int]] = deque()
+        window = 2 * self.batch
+        read_at = position
+        checkpoint_at = time.monotonic()
+        try:
+            while True:
+                rows: list[StoredRow] = await self._call(self._page, conn, read_at)
+                if not rows:
+                    await self._settle(inflight, 0)
+                    if time.monotonic() - checkpoint_at > 1.0 and self.status.stream_seq:
+                        await self._call(
+                            self._write_checkpoint,
+                            conn,
+                            self.status.stream_seq,
+                            self.status.position,
+                        )
+                        checkpoint_at = time.monotonic()
+                    self.status.head = self.status.position
+                    if not self.link.connected:
+                        msg = "NATS connection lost"
+                        raise ConnectionError(msg)
+                    await self._call(self._wait, conn, 1.0)
+                    continue
+                messages = await self._call(self._messages, conn, rows)
+                for subject, body, pos, event_id in messages:
+                    headers = {
+                        MSG_ID: event_id,
+                        POSITION: str(pos),
+                        EXPECTED_LAST_SEQ: str(seq),
+                    }
+                    future = await js.publish_async(subject, body, headers=headers)
+                    seq += 1
+                    inflight.append((future, seq, pos))
+                read_at = rows[-1].position
+                self.status.head = max(self.status.head, read_at)
+                await self._settle(inflight, window - self.batch)
+        finally:
+            for future, _, _ in inflight:
+                future.cancel()
+
+    async def _settle(
+        self, inflight: deque[tuple[asyncio.Future[PubAck], int, int]], keep: int
+    ) -> None:
+        """Wait for acks, oldest first, until at most ``keep`` publishes are in flight."""
+        timeout = 10.0
+        while len(inflight) > keep:
+            future, seq, pos = inflight[0]
+            ack = await asyncio.wait_for(asyncio.shield(future), timeout)
+            inflight.popleft()
+            if ack.seq != seq and not ack.duplicate:
+                msg = f"stream stored position {pos} at sequence {ack.seq}, expected {seq}"
+                raise RelayError(msg)
+            self.status.position, self.status.stream_seq = pos, seq
+            self.status.published += 1
