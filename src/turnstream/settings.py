@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_schema: str = "turnstream"
     """The PostgreSQL schema holding the event store and its tables."""
     nats_url: str | None = None
-    """NATS URL. Unset: an embedded nats-server with JetStream in the data folder."""
+    """NATS URL (a cluster's nodes comma-separated). Unset: an embedded nats-server."""
     nats_stream: str = "TURNSTREAM"
     """The JetStream stream every stored event is relayed to."""
     nats_subject_prefix: str = "turnstream"

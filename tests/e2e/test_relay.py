@@ -21,9 +21,7 @@ def assert_exactly_the_store(
 ) -> None:
     """Same events, same order, none missing, none twice; each message as the contract says."""
     assert [m.seq for m in relayed] == list(range(1, len(relayed) + 1))
-    assert [m.headers["Turnstream-Position"] for m in relayed] == [
-        str(e.position) for e in stored
-    ]
+    assert [m.headers["Turnstream-Position"] for m in relayed] == [str(e.position) for e in stored]
     assert [m.headers["Nats-Msg-Id"] for m in relayed] == [
         f"{e.originator_id}:{e.version}" for e in stored
     ]

@@ -67,6 +67,11 @@ def read_stream(url: str, stream: str, prefix: str) -> list[StreamMessage]:
     return asyncio.run(_read_stream(url, stream, f"{prefix}.>"))
 
 
+async def stream_messages(url: str, stream: str, prefix: str) -> list[StreamMessage]:
+    """:func:`read_stream` for async tests."""
+    return await _read_stream(url, stream, f"{prefix}.>")
+
+
 def stored_events(database_url: str, schema: str) -> list[StoredEvent]:
     """Every event the store holds, in position order."""
     with psycopg.connect(database_url) as conn:

@@ -75,11 +75,15 @@ def _norm(name: str, value: Any) -> Any:
     return value
 
 
+def servers_of(url: str) -> list[str]:
+    """The server URLs of a setting that may list a cluster's nodes, comma-separated."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class NatsLink:
     """One NATS connection for the process, made in the background and kept.
 
-    ``ready`` is set once connected with the stream in place. Callbacks registered with
-    :meth:`on_connect` run after every (re)connection.
+    ``ready`` is set once connected with the stream in place.
     """
 
     def __init__(self, url: str, settings: Settings, *, name: str = "turnstream") -> None:
@@ -110,7 +114,7 @@ class NatsLink:
 
         # With max_reconnect_attempts=-1 the first connect also waits for the server.
         self.nc = await nats.connect(
-            self.url,
+            servers_of(self.url),
             name=self.name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

@@ -96,6 +96,10 @@ _head = msgspec.json.Decoder(_Head)
 _wire = msgspec.json.Encoder()
 
 
+class ResyncNeeded(Exception):
+    """The stream is not where this relay thought: read its state again."""
+
+
 class RelayError(Exception):
     """The stream and the store disagree in a way the relay cannot repair by itself."""
 
@@ -139,7 +143,6 @@ class Relay:
         self.status = RelayStatus()
         self._run_sync = run
         self._owners: OrderedDict[UUID, tuple[str, UUID]] = OrderedDict()
-        self._woken = False
         store = app.store
         self._events = store.events_table
         self._checkpoints = store.relay_table
@@ -181,7 +184,8 @@ class Relay:
                 raise
             except Exception as exc:  # NATS, PostgreSQL or a refused publish: start over
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("relay stopped (%s); resuming from the stream's state", exc)
+                level = logging.ERROR if isinstance(exc, RelayError) else logging.WARNING
+                log.log(level, "relay stopped (%s); resuming from the stream's state", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.takeover_s * 2)
             finally:
@@ -195,11 +199,7 @@ class Relay:
         if not (row and row[0]):
             return False
         conn.execute(SQL("LISTEN {}").format(Identifier(self._channel)))
-        conn.add_notify_handler(self._on_notify)
         return True
-
-    def _on_notify(self, _: Any) -> None:
-        self._woken = True
 
     # Where the stream stands.
 
@@ -216,7 +216,16 @@ class Relay:
         except NotFoundError:
             last = None
         if last is not None and last.headers and POSITION in last.headers:
-            return int(last.headers[POSITION]), last_seq
+            position = int(last.headers[POSITION])
+            stored = await self._call(self._event_id_at, conn, position)
+            if stored != last.headers.get(MSG_ID):
+                msg = (
+                    f"stream {self.stream} ends with event {last.headers.get(MSG_ID)} at position"
+                    f" {position}, but the store holds {stored or 'nothing'} there: the stream"
+                    " belongs to another store; see README, 'Relay recovery'"
+                )
+                raise RelayError(msg)
+            return position, last_seq
         # Retention removed the last message: count on from the checkpoint.
         checkpoint = await self._call(self._read_checkpoint, conn)
         if checkpoint is None or checkpoint[0] > last_seq:
@@ -233,6 +242,15 @@ class Relay:
             msg = f"stream {self.stream} holds more events than the store after {position}"
             raise RelayError(msg)
         return found, last_seq
+
+    def _event_id_at(self, conn: psycopg.Connection[Any], position: int) -> str | None:
+        row = conn.execute(
+            SQL(
+                "SELECT originator_id, originator_version FROM {} WHERE notification_id = %s"
+            ).format(self._events),
+            (position,),
+        ).fetchone()
+        return None if row is None else f"{row[0]}:{row[1]}"
 
     def _read_checkpoint(self, conn: psycopg.Connection[Any]) -> tuple[int, int] | None:
         row = conn.execute(
@@ -264,15 +282,20 @@ class Relay:
     # Reading the store.
 
     def _page(self, conn: psycopg.Connection[Any], after: int) -> list[StoredRow]:
-        self._woken = False
+        # The query sees every commit notified so far: drop those notifications (psycopg
+        # keeps the ones that arrive outside notifies() in a backlog; keep it small).
+        for _ in conn.notifies(timeout=0):
+            pass
         with conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(self._page_sql, (after, self.batch))
             return [StoredRow(r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
 
     def _wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
-        """Block until the store notifies a commit (or the timeout passes)."""
-        if self._woken:
-            return
+        """Block until the store notifies a commit (or the timeout passes).
+
+        A commit notified since the last page read is in psycopg's backlog and ends
+        the wait at once, so no commit waits for the timeout.
+        """
         for _ in conn.notifies(timeout=timeout, stop_after=1):
             pass
 
@@ -357,20 +380,23 @@ class Relay:
         inflight: deque[tuple[asyncio.Future[PubAck], int, int]] = deque()
         window = 2 * self.batch
         read_at = position
-        checkpoint_at = time.monotonic()
+        checkpoint: tuple[int, float] = (-1, 0.0)  # (stream sequence, when) last written
         try:
             while True:
                 rows: list[StoredRow] = await self._call(self._page, conn, read_at)
                 if not rows:
                     await self._settle(inflight, 0)
-                    if time.monotonic() - checkpoint_at > 1.0 and self.status.stream_seq:
+                    # Caught up: note where the stream stands, at most once a second.
+                    seq_now = self.status.stream_seq
+                    if (
+                        seq_now
+                        and seq_now != checkpoint[0]
+                        and time.monotonic() - checkpoint[1] > 1
+                    ):
                         await self._call(
-                            self._write_checkpoint,
-                            conn,
-                            self.status.stream_seq,
-                            self.status.position,
+                            self._write_checkpoint, conn, seq_now, self.status.position
                         )
-                        checkpoint_at = time.monotonic()
+                        checkpoint = (seq_now, time.monotonic())
                     self.status.head = self.status.position
                     if not self.link.connected:
                         msg = "NATS connection lost"
@@ -403,8 +429,10 @@ class Relay:
             future, seq, pos = inflight[0]
             ack = await asyncio.wait_for(asyncio.shield(future), timeout)
             inflight.popleft()
-            if ack.seq != seq and not ack.duplicate:
-                msg = f"stream stored position {pos} at sequence {ack.seq}, expected {seq}"
-                raise RelayError(msg)
+            if ack.duplicate or ack.seq != seq:
+                # The stream already held this event, or holds it elsewhere: whatever
+                # follows is refused by its expected sequence; start over from the stream.
+                msg = f"position {pos}: stream answered sequence {ack.seq}, expected {seq}"
+                raise ResyncNeeded(msg)
             self.status.position, self.status.stream_seq = pos, seq
             self.status.published += 1
