@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 RELAY_LOCK_CLASS = 0x72656C79  # "rely"
 OWNER_CACHE = 100_000
+ACK_TIMEOUT_S = 10.0
 
 
 def relay_lock_key(schema: str, stream: str) -> int:
@@ -70,6 +71,10 @@ class StoredRow(NamedTuple):
     version: int
     topic: str
     state: bytes
+
+
+Message = tuple[str, bytes, int, str]
+"""What the relay publishes for one event: subject, body, position, msg id."""
 
 
 class _Head(msgspec.Struct):
@@ -316,9 +321,7 @@ class Relay:
 
     # Building messages.
 
-    def _messages(
-        self, conn: psycopg.Connection[Any], rows: list[StoredRow]
-    ) -> list[tuple[str, bytes, int, str]]:
+    def _messages(self, conn: psycopg.Connection[Any], rows: list[StoredRow]) -> list[Message]:
         """(subject, body, position, msg id) for each row, in order."""
         owners = self._owners
         missing = [
@@ -328,7 +331,7 @@ class Relay:
         ]
         if missing:
             self._lookup_owners(conn, list(dict.fromkeys(missing)))
-        out: list[tuple[str, bytes, int, str]] = []
+        out: list[Message] = []
         for row in rows:
             kind = TOPIC_TYPES.get(row.topic)
             if kind is None:
@@ -381,10 +384,12 @@ class Relay:
         window = 2 * self.batch
         read_at = position
         checkpoint: tuple[int, float] = (-1, 0.0)  # (stream sequence, when) last written
+        # The next page is read (in a thread) while this one is published.
+        fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
         try:
             while True:
-                rows: list[StoredRow] = await self._call(self._page, conn, read_at)
-                if not rows:
+                messages: list[Message] = await fetch
+                if not messages:
                     await self._settle(inflight, 0)
                     # Caught up: note where the stream stands, at most once a second.
                     seq_now = self.status.stream_seq
@@ -402,8 +407,10 @@ class Relay:
                         msg = "NATS connection lost"
                         raise ConnectionError(msg)
                     await self._call(self._wait, conn, 1.0)
+                    fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
                     continue
-                messages = await self._call(self._messages, conn, rows)
+                read_at = messages[-1][2]
+                fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
                 for subject, body, pos, event_id in messages:
                     headers = {
                         MSG_ID: event_id,
@@ -413,22 +420,33 @@ class Relay:
                     future = await js.publish_async(subject, body, headers=headers)
                     seq += 1
                     inflight.append((future, seq, pos))
-                read_at = rows[-1].position
                 self.status.head = max(self.status.head, read_at)
                 await self._settle(inflight, window - self.batch)
         finally:
             for future, _, _ in inflight:
                 future.cancel()
+            # The connection is closed next: let the thread finish with it first.
+            with contextlib.suppress(BaseException):
+                await fetch
+
+    def _fetch(self, conn: psycopg.Connection[Any], after: int) -> list[Message]:
+        rows = self._page(conn, after)
+        return self._messages(conn, rows) if rows else []
 
     async def _settle(
         self, inflight: deque[tuple[asyncio.Future[PubAck], int, int]], keep: int
     ) -> None:
         """Wait for acks, oldest first, until at most ``keep`` publishes are in flight."""
-        timeout = 10.0
         while len(inflight) > keep:
             future, seq, pos = inflight[0]
-            ack = await asyncio.wait_for(asyncio.shield(future), timeout)
+            if not future.done():
+                # One wait for the oldest; the acks behind it are mostly in by then.
+                done, _ = await asyncio.wait((future,), timeout=ACK_TIMEOUT_S)
+                if not done:
+                    msg = f"no ack for position {pos} within {ACK_TIMEOUT_S:g} s"
+                    raise TimeoutError(msg)
             inflight.popleft()
+            ack = future.result()  # a refused publish raises here
             if ack.duplicate or ack.seq != seq:
                 # The stream already held this event, or holds it elsewhere: whatever
                 # follows is refused by its expected sequence; start over from the stream.
