@@ -535,10 +535,14 @@ class ChatService:
 
         subject = turn_wildcard(self.settings.nats_subject_prefix, tenant, conversation_id, turn_id)
         try:
-            return await link.nc.subscribe(subject, cb=deliver)
+            sub = await link.nc.subscribe(subject, cb=deliver)
+            # The server has the subscription before the store is read: nothing relayed
+            # in between can slip past both.
+            await link.nc.flush(timeout=2)
         except Exception as exc:  # NATS trouble: the reader falls back to store polling
             log.debug("no live NATS feed for turn %s: %s", turn_id, exc)
             return None
+        return sub
 
     # The runner.
 
