@@ -534,6 +534,7 @@ class ChatService:
             queue.put_nowait(self.bus.frame(event))  # type: ignore[arg-type]
 
         subject = turn_wildcard(self.settings.nats_subject_prefix, tenant, conversation_id, turn_id)
+        sub: Subscription | None = None
         try:
             sub = await link.nc.subscribe(subject, cb=deliver)
             # The server has the subscription before the store is read: nothing relayed
@@ -541,6 +542,9 @@ class ChatService:
             await link.nc.flush(timeout=2)
         except Exception as exc:  # NATS trouble: the reader falls back to store polling
             log.debug("no live NATS feed for turn %s: %s", turn_id, exc)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             return None
         return sub
 
