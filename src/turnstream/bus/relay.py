@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 RELAY_LOCK_CLASS = 0x72656C79  # "rely"
 OWNER_CACHE = 100_000
 ACK_TIMEOUT_S = 10.0
+PROGRESS_EVERY_S = 5.0
 
 
 def relay_lock_key(schema: str, stream: str) -> int:
@@ -384,6 +385,7 @@ class Relay:
         window = 2 * self.batch
         read_at = position
         checkpoint: tuple[int, float] = (-1, 0.0)  # (stream sequence, when) last written
+        report_at = (time.monotonic(), self.status.published)
         # The next page is read (in a thread) while this one is published.
         fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
         try:
@@ -422,12 +424,28 @@ class Relay:
                     inflight.append((future, seq, pos))
                 self.status.head = max(self.status.head, read_at)
                 await self._settle(inflight, window - self.batch)
+                report_at = self._report(report_at)
         finally:
             for future, _, _ in inflight:
                 future.cancel()
             # The connection is closed next: let the thread finish with it first.
             with contextlib.suppress(BaseException):
                 await fetch
+
+    def _report(self, last: tuple[float, int]) -> tuple[float, int]:
+        """While catching up, a progress line every few seconds: where, how fast."""
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_EVERY_S:
+            return last
+        published = self.status.published
+        rate = (published - last[1]) / (now - last[0])
+        log.info(
+            "relay at position %d (stream sequence %d), %.0f events/s",
+            self.status.position,
+            self.status.stream_seq,
+            rate,
+        )
+        return now, published
 
     def _fetch(self, conn: psycopg.Connection[Any], after: int) -> list[Message]:
         rows = self._page(conn, after)
