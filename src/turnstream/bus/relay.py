@@ -192,6 +192,12 @@ class Relay:
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 level = logging.ERROR if isinstance(exc, RelayError) else logging.WARNING
                 log.log(level, "relay stopped (%s); resuming from the stream's state", exc)
+                if conn is not None:
+                    # Let go of the lead before the pause, so that this relay (or a
+                    # standby) can take it at once rather than after a takeover period.
+                    self.status.active = False
+                    await self._call(self._release, conn)
+                    conn = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.takeover_s * 2)
             finally:
@@ -199,6 +205,12 @@ class Relay:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
+
+    def _release(self, conn: psycopg.Connection[Any]) -> None:
+        with contextlib.suppress(Exception):
+            conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def _try_lead(self, conn: psycopg.Connection[Any]) -> bool:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key,)).fetchone()
@@ -468,7 +480,9 @@ class Relay:
             if ack.duplicate or ack.seq != seq:
                 # The stream already held this event, or holds it elsewhere: whatever
                 # follows is refused by its expected sequence; start over from the stream.
-                msg = f"position {pos}: stream answered sequence {ack.seq}, expected {seq}"
+                answer = "a duplicate of" if ack.duplicate else "stored at"
+                msg = f"position {pos}: the stream called it {answer} sequence {ack.seq}"
+                msg += f", where this relay expected a new message at {seq}"
                 raise ResyncNeeded(msg)
             self.status.position, self.status.stream_seq = pos, seq
             self.status.published += 1
