@@ -1,14 +1,17 @@
-"""`turnstream serve` with zero configuration: its own PostgreSQL and dev secret."""
+"""`turnstream serve` with zero configuration: its own PostgreSQL, NATS and dev secret."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import nats
 import psutil
 import pytest
 
@@ -24,6 +27,35 @@ def postmaster_pid(data_dir: Path) -> int | None:
         return None
     pid = int(pid_file.read_text().split()[0])
     return pid if psutil.pid_exists(pid) else None
+
+
+def nats_pid(data_dir: Path) -> int | None:
+    pid_file = data_dir / "nats.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().split()[0])
+    if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        return None
+    return pid
+
+
+async def _stream_count(url: str) -> int:
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3)
+    try:
+        return int((await nc.jetstream().stream_info("TURNSTREAM")).state.messages)
+    finally:
+        await nc.close()
+
+
+def relayed(data_dir: Path, expected: int, timeout: float = 60) -> int:
+    """The embedded stream's message count once it reaches ``expected`` (or the deadline)."""
+    url = f"nats://127.0.0.1:{(data_dir / 'nats.port').read_text().strip()}"
+    deadline = time.monotonic() + timeout
+    while True:
+        count = asyncio.run(_stream_count(url))
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
 
 
 def test_zero_config_serve_prints_a_dev_token_and_keeps_its_database(tmp_path: Path) -> None:
@@ -71,20 +103,27 @@ def test_zero_config_serve_prints_a_dev_token_and_keeps_its_database(tmp_path: P
         )
 
         cid = new_conversation(node)
-        answer = run_turn(node, cid, "remember me")[-1].data["text"]
+        frames = run_turn(node, cid, "remember me")
+        answer = frames[-1].data["text"]
         pg = postmaster_pid(data)
         assert pg is not None
+        assert nats_pid(data) is not None
+        # The embedded NATS holds every stored event: the conversation and the turn's.
+        events = 1 + len(frames)
+        assert relayed(data, events) == events
 
-        # A clean stop stops the embedded PostgreSQL too.
+        # A clean stop stops the embedded PostgreSQL and NATS too.
         node.stop()
         assert node.proc is not None
         assert node.proc.returncode == 0, node.log()
         assert postmaster_pid(data) is None
+        assert nats_pid(data) is None
 
-        # A restart finds the data again.
+        # A restart finds the data again, in the store and in the stream (nothing twice).
         node.start(timeout=120)
         view = httpx.get(f"{node.base_url}/v1/conversations/{cid}", headers=node.headers())
         assert view.json()["messages"][1]["content"] == answer
+        assert relayed(data, events) == events
 
         # kill -9 leaves PostgreSQL running; the next serve adopts it and ends the
         # orphaned turn.
@@ -99,14 +138,20 @@ def test_zero_config_serve_prints_a_dev_token_and_keeps_its_database(tmp_path: P
             timeout=60,
         ) as r:
             first = next(f for f in parse_sse(r.iter_lines()) if isinstance(f, Frame))
-        survivor = postmaster_pid(data)
+        survivor, nats_survivor = postmaster_pid(data), nats_pid(data)
         node.kill()
         assert postmaster_pid(data) == survivor
+        assert nats_pid(data) == nats_survivor
         node.start(timeout=120)
         assert postmaster_pid(data) == survivor
+        assert nats_pid(data) == nats_survivor
         frames = resume(node, cid, first.data["turn_id"], header=0)
         assert frames[-1].event == "error"
         assert frames[-1].data["code"] == "runner_lost"
+        # The relay of the new process carries on where the stream ends: exactly once.
+        events += len(frames)
+        assert relayed(data, events) == events
     finally:
         node.stop()
     assert postmaster_pid(data) is None
+    assert nats_pid(data) is None
