@@ -141,6 +141,41 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print the relayed events as JSON lines (see :mod:`turnstream.bus.tail`)."""
+    from turnstream.bus.tail import StartAt, run
+
+    settings = _settings(args)
+    start = StartAt(seq=args.from_seq, time=args.since, position=args.position)
+    return run(settings, subject=args.subject, start=start, follow=args.follow)
+
+
+def _since(text: str) -> object:
+    from turnstream.bus.tail import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sequence(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        msg = f"{text!r} is not a number from 1 up"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the NATS envelope (docs/nats-envelope.schema.json)."""
+    import json
+
+    from turnstream.bus.envelope import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnstream", description="An event-sourced chat backend for LLM chat apps."
@@ -169,6 +204,33 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--admin", action="store_true")
     token.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
     token.set_defaults(func=cmd_token)
+
+    tail = sub.add_parser(
+        "tail",
+        help="print the events relayed to NATS as JSON lines",
+        description="Print the relayed events, one JSON envelope a line, from the stream's"
+        " first message or from --from-seq, --since or --position; with --follow, go on"
+        " until SIGINT/SIGTERM. Reads TURNSTREAM_NATS_URL, TURNSTREAM_NATS_STREAM and"
+        " TURNSTREAM_NATS_SUBJECT_PREFIX.",
+    )
+    tail.add_argument("--subject", help="a subject filter (default: <prefix>.>)")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--from-seq", type=_sequence, metavar="N", help="start at stream sequence N")
+    start.add_argument(
+        "--since", type=_since, metavar="WHEN", help="30s, 10m, 2h, 1d, or an ISO-8601 time"
+    )
+    start.add_argument(
+        "--position",
+        type=_sequence,
+        metavar="P",
+        help="start at the first event whose Turnstream-Position is P or more",
+    )
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    tail.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
+    tail.set_defaults(func=cmd_tail)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the NATS envelope")
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 

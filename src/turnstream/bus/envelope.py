@@ -112,30 +112,93 @@ def msg_id(stream_id: UUID, seq: int) -> str:
     return f"{stream_id}:{seq}"
 
 
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_FIELD_NOTES: dict[str, dict[str, Any]] = {
+    "id": {
+        "description": "`<stream_id>:<seq>`: the event's identity, also its `Nats-Msg-Id`"
+        " header. Unique across the log: consumers de-duplicate on it.",
+        "pattern": f"^{_UUID}:[1-9][0-9]*$",
+    },
+    "type": {"description": "The event's type; the last token of its subject."},
+    "tenant": {
+        "description": "The tenant that owns the conversation.",
+        "pattern": "^[A-Za-z0-9_-]{1,64}$",
+    },
+    "conversation_id": {"description": "The conversation the event belongs to."},
+    "turn_id": {"description": "The turn, for turn events; null for conversation events."},
+    "seq": {
+        "description": "The event's number within its turn or conversation: 1, 2, 3 ..."
+        " with no gap (a turn's SSE frame id).",
+        "minimum": 1,
+    },
+    "position": {
+        "description": "The event store's notification id (also the `Turnstream-Position`"
+        " header): increasing in commit order across the log, possibly with holes.",
+        "minimum": 1,
+    },
+    "occurred_at": {
+        "description": "When the event happened (RFC 3339, UTC).",
+        "format": "date-time",
+    },
+}
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the envelope, with ``data`` per ``type`` (from the msgspec types)."""
+    """The JSON Schema of the envelope, with ``data`` per ``type`` (from the msgspec types).
+
+    ``docs/nats-envelope.schema.json`` is this, printed by ``turnstream schema``. The
+    schema does not forbid unknown fields: events evolve by adding fields, and readers
+    should ignore what they do not know.
+    """
     classes = list(EVENT_TYPES.values())
     (envelope, *events), components = msgspec.json.schema_components(
         [Envelope, *classes], ref_template="#/$defs/{name}"
     )
-    defs = dict(components)
-    env_def = dict(defs[envelope["$ref"].rsplit("/", 1)[1]])
-    props = dict(env_def["properties"])
-    props["type"] = {"enum": list(EVENT_TYPES)}
-    props["data"] = {"description": "The stored event; its shape depends on `type`."}
+    defs = {name: _with_timestamp_format(d) for name, d in components.items()}
+    env_name = envelope["$ref"].rsplit("/", 1)[1]
+    env_def = dict(defs.pop(env_name))
+    props = {
+        name: {**schema, **_FIELD_NOTES.get(name, {})}
+        for name, schema in env_def["properties"].items()
+    }
+    props["type"] = {"enum": list(EVENT_TYPES), **_FIELD_NOTES["type"]}
+    props["data"] = {
+        "type": "object",
+        "description": "The stored event exactly as the log holds it; its shape depends on `type`.",
+    }
     env_def["properties"] = props
+    turn_id = {"type": "string", "format": "uuid"}
     env_def["allOf"] = [
         {
             "if": {"properties": {"type": {"const": kind}}},
-            "then": {"properties": {"data": ref}},
+            "then": {
+                "properties": {
+                    "data": ref,
+                    "turn_id": turn_id if cls in TURN_EVENTS else {"type": "null"},
+                }
+            },
         }
-        for kind, ref in zip(EVENT_TYPES, events, strict=True)
+        for (kind, cls), ref in zip(EVENT_TYPES.items(), events, strict=True)
     ]
-    defs[envelope["$ref"].rsplit("/", 1)[1]] = env_def
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://turnstream.dev/schema/nats-envelope.v1.json",
         **env_def,
         "title": "turnstream NATS envelope (v1)",
-        "$defs": {k: v for k, v in defs.items() if k != "Envelope"},
+        "description": "One stored event as the relay publishes it on JetStream: on subject"
+        " `<prefix>.<tenant>.<conversation_id>.turn.<turn_id>.<type>` (turn events) or"
+        " `<prefix>.<tenant>.<conversation_id>.conversation.<type>` (conversation events),"
+        " with headers `Nats-Msg-Id` (= `id`) and `Turnstream-Position` (= `position`).",
+        "$defs": defs,
     }
+
+
+def _with_timestamp_format(schema: dict[str, Any]) -> dict[str, Any]:
+    """Mark an event's ``timestamp`` as RFC 3339 (events are stamped in UTC)."""
+    props = schema.get("properties", {})
+    if props.get("timestamp") == {"type": "string"}:
+        schema = {
+            **schema,
+            "properties": {**props, "timestamp": {"type": "string", "format": "date-time"}},
+        }
+    return schema
