@@ -51,11 +51,7 @@ def start_database(settings: Settings) -> tuple[str, list[Any]]:
         return settings.database_url, []
     from turnstream.embedded import EmbeddedPostgres
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedPostgres(settings.data_dir)
-    url = server.start()
-    log.info("embedded PostgreSQL ready in %s", settings.data_dir)
-    return url, [server]
+    return _embedded(EmbeddedPostgres, settings)
 
 
 def start_nats(settings: Settings) -> tuple[str, list[Any]]:
@@ -64,11 +60,27 @@ def start_nats(settings: Settings) -> tuple[str, list[Any]]:
         return settings.nats_url, []
     from turnstream.embedded import EmbeddedNats
 
+    return _embedded(EmbeddedNats, settings)
+
+
+def _embedded(kind: Any, settings: Settings) -> tuple[str, list[Any]]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedNats(settings.data_dir)
-    url = server.start()
-    log.info("embedded NATS ready in %s", settings.data_dir)
+    server = kind(settings.data_dir)
+    url: str = server.start()
+    log.info("%s ready in %s", kind.__name__, settings.data_dir)
     return url, [server]
+
+
+def start_servers(settings: Settings) -> tuple[str, str, list[Any]]:
+    """The database and NATS URLs, and the embedded servers started for them."""
+    database_url, embedded = start_database(settings)
+    try:
+        nats_url, more = start_nats(settings)
+    except BaseException:
+        for server in embedded:
+            server.stop()
+        raise
+    return database_url, nats_url, embedded + more
 
 
 def build_application(settings: Settings, database_url: str) -> TurnstreamApplication:
@@ -80,10 +92,8 @@ def build_application(settings: Settings, database_url: str) -> TurnstreamApplic
 
 def bootstrap(settings: Settings) -> Container:
     """Everything ``serve`` runs: store, NATS link, relay, providers and the service."""
-    database_url, embedded = start_database(settings)
+    database_url, nats_url, embedded = start_servers(settings)
     try:
-        nats_url, more = start_nats(settings)
-        embedded += more
         app = build_application(settings, database_url)
         models = settings.load_models()
         providers = Providers(settings)
@@ -99,10 +109,8 @@ def bootstrap(settings: Settings) -> Container:
 
 def bootstrap_relay(settings: Settings) -> tuple[Relay, list[Any]]:
     """The relay alone (``turnstream relay``): the store and NATS, nothing else."""
-    database_url, embedded = start_database(settings)
+    database_url, nats_url, embedded = start_servers(settings)
     try:
-        nats_url, more = start_nats(settings)
-        embedded += more
         app = build_application(settings, database_url)
         link = NatsLink(nats_url, settings, name="turnstream-relay")
         relay = Relay(app, link, batch=settings.relay_batch, takeover_s=settings.relay_takeover_s)
