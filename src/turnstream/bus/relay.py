@@ -86,12 +86,25 @@ class _Head(msgspec.Struct):
     conversation_id: UUID | None = None
 
 
-class _Wire(msgspec.Struct, array_like=False):
+class _Owner(NamedTuple):
+    """An aggregate's place in the subjects, as text, from its first event."""
+
+    tenant: str
+    conversation_id: str
+    turn_id: str | None
+    id: str
+    subject: str
+    """The subject of its events, up to their type."""
+
+
+class _Wire(msgspec.Struct):
+    """The envelope as the relay writes it (ids already text; ``data`` the stored bytes)."""
+
     id: str
     type: str
     tenant: str
-    conversation_id: UUID
-    turn_id: UUID | None
+    conversation_id: str
+    turn_id: str | None
     seq: int
     position: int
     occurred_at: str
@@ -148,7 +161,7 @@ class Relay:
         self.takeover_s = takeover_s
         self.status = RelayStatus()
         self._run_sync = run
-        self._owners: OrderedDict[UUID, tuple[str, UUID]] = OrderedDict()
+        self._owners: OrderedDict[UUID, _Owner] = OrderedDict()
         store = app.store
         self._events = store.events_table
         self._checkpoints = store.relay_table
@@ -159,7 +172,7 @@ class Relay:
             " FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(self._events)
         self._owner_sql = SQL(
-            "SELECT originator_id, state FROM {}"
+            "SELECT originator_id, topic, state FROM {}"
             " WHERE originator_id = ANY(%s) AND originator_version = 1"
         ).format(self._events)
 
@@ -304,9 +317,10 @@ class Relay:
         # keeps the ones that arrive outside notifies() in a backlog; keep it small).
         for _ in conn.notifies(timeout=0):
             pass
-        with conn.cursor(row_factory=tuple_row) as cur:
+        # Binary results: bytea arrives as bytes, without hex decoding.
+        with conn.cursor(row_factory=tuple_row, binary=True) as cur:
             cur.execute(self._page_sql, (after, self.batch))
-            return [StoredRow(r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
+            return [StoredRow(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cur.fetchall()]
 
     def _wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
         """Block until the store notifies a commit (or the timeout passes).
@@ -320,28 +334,37 @@ class Relay:
     def _lookup_owners(self, conn: psycopg.Connection[Any], ids: list[UUID]) -> None:
         with conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(self._owner_sql, (ids,))
-            for originator_id, state in cur.fetchall():
+            for originator_id, topic, state in cur.fetchall():
                 head = _head.decode(state)
                 if head.tenant is not None:
-                    conversation_id = head.conversation_id or originator_id
-                    self._remember(originator_id, head.tenant, conversation_id)
+                    self._remember(originator_id, topic in TURN_TOPICS, head)
 
-    def _remember(self, aggregate_id: UUID, tenant: str, conversation_id: UUID) -> None:
+    def _remember(self, aggregate_id: UUID, is_turn: bool, first: _Head) -> _Owner:
+        """Note what the subject and envelope of an aggregate's events need, from its first."""
+        assert first.tenant is not None
+        text = str(aggregate_id)
+        if is_turn:
+            assert first.conversation_id is not None
+            conversation_id = str(first.conversation_id)
+            subject = turn_subject(
+                self.prefix, first.tenant, first.conversation_id, aggregate_id, ""
+            )
+            owner = _Owner(first.tenant, conversation_id, text, text, subject)
+        else:
+            subject = conversation_subject(self.prefix, first.tenant, aggregate_id, "")
+            owner = _Owner(first.tenant, text, None, text, subject)
         owners = self._owners
-        owners[aggregate_id] = (tenant, conversation_id)
+        owners[aggregate_id] = owner
         if len(owners) > OWNER_CACHE:
             owners.popitem(last=False)
+        return owner
 
     # Building messages.
 
     def _messages(self, conn: psycopg.Connection[Any], rows: list[StoredRow]) -> list[Message]:
         """(subject, body, position, msg id) for each row, in order."""
         owners = self._owners
-        missing = [
-            r.originator_id
-            for r in rows
-            if r.version > 1 and r.originator_id not in owners and r.topic in TOPIC_TYPES
-        ]
+        missing = [r.originator_id for r in rows if r.version > 1 and r.originator_id not in owners]
         if missing:
             self._lookup_owners(conn, list(dict.fromkeys(missing)))
         out: list[Message] = []
@@ -350,38 +373,32 @@ class Relay:
             if kind is None:
                 msg = f"event at position {row.position} has an unknown topic {row.topic!r}"
                 raise RelayError(msg)
-            state = bytes(row.state)
+            state = row.state
             head = _head.decode(state)
-            is_turn = row.topic in TURN_TOPICS
             if row.version == 1 and head.tenant is not None:
-                conversation_id = head.conversation_id if is_turn else row.originator_id
-                assert conversation_id is not None
-                self._remember(row.originator_id, head.tenant, conversation_id)
-            owner = owners.get(row.originator_id)
+                owner: _Owner | None = self._remember(
+                    row.originator_id, row.topic in TURN_TOPICS, head
+                )
+            else:
+                owner = owners.get(row.originator_id)
             if owner is None:
                 msg = f"event at position {row.position}: no first event for {row.originator_id}"
                 raise RelayError(msg)
-            tenant, conversation_id = owner
-            event_id = f"{row.originator_id}:{row.version}"
-            if is_turn:
-                turn_id = row.originator_id
-                subject = turn_subject(self.prefix, tenant, conversation_id, turn_id, kind)
-            else:
-                subject = conversation_subject(self.prefix, tenant, conversation_id, kind)
+            event_id = f"{owner.id}:{row.version}"
             body = _wire.encode(
                 _Wire(
                     id=event_id,
                     type=kind,
-                    tenant=tenant,
-                    conversation_id=conversation_id,
-                    turn_id=row.originator_id if is_turn else None,
+                    tenant=owner.tenant,
+                    conversation_id=owner.conversation_id,
+                    turn_id=owner.turn_id,
                     seq=row.version,
                     position=row.position,
                     occurred_at=head.timestamp,
                     data=msgspec.Raw(state),
                 )
             )
-            out.append((subject, body, row.position, event_id))
+            out.append((owner.subject + kind, body, row.position, event_id))
         return out
 
     # The inner loop, while leading.
