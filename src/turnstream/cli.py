@@ -86,28 +86,55 @@ def _logging(settings: Settings) -> None:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    """Run the relay alone: it leads, or stands by until the active relay dies."""
+    """Run the relay alone: it leads, or stands by until the active relay dies.
+
+    SIGTERM or SIGINT: publish what is stored, then exit (a second signal, or 5 s,
+    cuts that short). With ``--parent-pid`` it also exits once that process is gone.
+    """
     import asyncio
+    import os
 
     from turnstream.bootstrap import bootstrap_relay
 
     settings = _settings(args)
     _logging(settings)
+    if args.parent_pid and settings.relay_nice:
+        os.nice(settings.relay_nice)
     relay, embedded = bootstrap_relay(settings)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+
+        def stop() -> None:
+            if relay.draining:
+                task.cancel()
+                return
+            relay.drain()
+            loop.call_later(5.0, task.cancel)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
+
+        async def orphaned() -> None:
+            # No event tells a child its parent died (kill -9); its parent id changes.
+            while os.getppid() == args.parent_pid:  # noqa: ASYNC110
+                await asyncio.sleep(1.0)
+            logging.getLogger("turnstream.relay").warning("parent gone; relay stops")
+            task.cancel()
+
+        watch = asyncio.create_task(orphaned()) if args.parent_pid else None
         relay.link.start()
         try:
             await relay.run_forever()
         finally:
+            if watch is not None:
+                watch.cancel()
             await relay.link.close()
 
-    print(f"turnstream relay: store -> NATS stream {settings.nats_stream}", flush=True)
+    if not args.parent_pid:
+        print(f"turnstream relay: store -> NATS stream {settings.nats_stream}", flush=True)
     try:
         asyncio.run(run())
     except asyncio.CancelledError:
@@ -192,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "relay", help="run only the relay: every stored event onto NATS JetStream"
     )
     relay.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
+    relay.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     relay.set_defaults(func=cmd_relay)
 
     token = sub.add_parser("token", help="print a bearer token signed with serve's secret")

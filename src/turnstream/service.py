@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from turnstream.bus.envelope import control_subject, decode_envelope, event_of, 
 from turnstream.bus.local import Frame, LocalBus
 from turnstream.bus.nats import NatsLink
 from turnstream.bus.relay import Relay
+from turnstream.bus.relay_process import RelayProcess
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import utcnow
@@ -147,6 +149,8 @@ class ChatService:
         self._janitor: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
+        self.relay_process: RelayProcess | None = None
+        self._relay_task: asyncio.Task[None] | None = None
         self._ready = False
 
     # Lifecycle.
@@ -161,7 +165,15 @@ class ChatService:
             self._background.append(
                 asyncio.create_task(self._listen_control(), name="turnstream-control")
             )
-            if self.settings.relay:
+            if self.settings.relay and self.settings.relay_process:
+                self.relay_process = RelayProcess(
+                    os.environ
+                    | self.settings.to_env(
+                        database_url=self.app.database_url, nats_url=self.link.url
+                    )
+                )
+                self.relay_process.start()
+            elif self.settings.relay:
                 self.relay = Relay(
                     self.app,
                     self.link,
@@ -169,9 +181,10 @@ class ChatService:
                     takeover_s=self.settings.relay_takeover_s,
                     run=self.run,
                 )
-                self._background.append(
-                    asyncio.create_task(self.relay.run_forever(), name="turnstream-relay")
+                self._relay_task = asyncio.create_task(
+                    self.relay.run_forever(), name="turnstream-relay"
                 )
+                self._background.append(self._relay_task)
         self._ready = True
 
     async def stop(self) -> None:
@@ -189,11 +202,14 @@ class ChatService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
-        if self.relay is not None:
-            # Give the relay a moment to publish what the last commits stored; whatever
-            # it leaves, the next active relay publishes (it resumes from the stream).
+        # The relay publishes what the last commits stored, then stops; whatever it
+        # cannot, the next active relay publishes (it resumes from the stream).
+        if self.relay_process is not None:
+            await self.relay_process.stop()
+        if self.relay is not None and self._relay_task is not None:
+            self.relay.drain()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._relay_idle(), 2.0)
+                await asyncio.wait_for(asyncio.shield(self._relay_task), 5.0)
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -215,14 +231,6 @@ class ChatService:
 
     def ready(self) -> bool:
         return self._ready
-
-    async def _relay_idle(self) -> None:
-        assert self.relay is not None
-        while self.relay.status.active:
-            head = await self.run(self.app.store.max_notification_id)
-            if self.relay.status.position >= (head or 0):
-                return
-            await asyncio.sleep(0.05)
 
     async def check_nats(self) -> bool:
         return self.link is not None and await self.link.ping()

@@ -84,6 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """JetStream's de-duplication window on ``Nats-Msg-Id`` (correctness does not rely on it)."""
     relay: bool = True
     """Run the relay inside ``serve`` (one node at a time is active; the others stand by)."""
+    relay_process: bool = True
+    """Run ``serve``'s relay in a child process (a core of its own, off the HTTP loop)."""
+    relay_nice: int = 10
+    """The child relay's niceness: on a saturated machine the live SSE streams come first."""
     relay_batch: int = 1000
     """Events the relay reads from the store per page (and at most twice that in flight)."""
     relay_takeover_s: float = 2.0
@@ -131,6 +135,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         except msgspec.ValidationError as exc:
             msg = f"bad setting: {exc} (variables are named {ENV_PREFIX}<FIELD>)"
             raise SettingsError(msg) from None
+
+    def to_env(self, **overrides: str) -> dict[str, str]:
+        """These settings as ``TURNSTREAM_*`` variables (for a child process), secret left out."""
+        env: dict[str, str] = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if value is None or name == "jwt_secret":
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env[ENV_PREFIX + name.upper()] = str(value)
+        env.update({ENV_PREFIX + k.upper(): v for k, v in overrides.items()})
+        return env
 
     def load_models(self) -> dict[str, ModelConfig]:
         """The configured models by id, ``demo`` first unless the file redefines it."""

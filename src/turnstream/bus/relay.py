@@ -162,6 +162,7 @@ class Relay:
         self.status = RelayStatus()
         self._run_sync = run
         self._owners: OrderedDict[UUID, _Owner] = OrderedDict()
+        self._draining = False
         store = app.store
         self._events = store.events_table
         self._checkpoints = store.relay_table
@@ -183,9 +184,18 @@ class Relay:
 
     # The outer loop: lead or stand by, and start over after any failure.
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """Stop once the stream holds everything stored so far (a standby stops at once)."""
+        self._draining = True
+
     async def run_forever(self) -> None:
+        """Lead or stand by until cancelled, or until :meth:`drain` is done."""
         delay = 0.2
-        while True:
+        while not self._draining:
             conn: psycopg.Connection[Any] | None = None
             try:
                 await self.link.ready.wait()
@@ -211,8 +221,12 @@ class Relay:
                     self.status.active = False
                     await self._call(self._release, conn)
                     conn = None
+                if self._draining:
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.takeover_s * 2)
+            else:
+                return  # _relay returns only once drained
             finally:
                 self.status.active = False
                 if conn is not None:
@@ -434,10 +448,12 @@ class Relay:
                         )
                         checkpoint = (seq_now, time.monotonic())
                     self.status.head = self.status.position
+                    if self._draining:
+                        return
                     if not self.link.connected:
                         msg = "NATS connection lost"
                         raise ConnectionError(msg)
-                    await self._call(self._wait, conn, 1.0)
+                    await self._call(self._wait, conn, 0.5)
                     fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
                     continue
                 read_at = messages[-1][2]

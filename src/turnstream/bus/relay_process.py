@@ -1,0 +1,72 @@
+"""``serve``'s relay as a supervised child process.
+
+Publishing every stored event costs tens of microseconds of Python per event. On the
+HTTP process's event loop that competes, under one GIL, with the SSE streams it serves;
+in a child it has a core of its own. The child is ``turnstream relay`` with the parent's
+settings and resolved URLs (so it never starts embedded servers of its own); it exits
+when its parent is gone, and the parent starts it again if it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 1.0
+
+
+class RelayProcess:
+    def __init__(self, env: dict[str, str], *, stop_timeout_s: float = 5.0) -> None:
+        self.env = env
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="turnstream-relay-process")
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "turnstream",
+                "relay",
+                "--parent-pid",
+                str(os.getpid()),
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            log.warning("relay process exited (status %s); starting it again", code)
+            await asyncio.sleep(RESTART_DELAY_S)
+
+    async def stop(self) -> None:
+        """Ask the relay to publish what is stored and exit; kill it after the timeout."""
+        self._stopping = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.stop_timeout_s)
+            except TimeoutError:
+                log.warning("relay process did not stop in time; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
