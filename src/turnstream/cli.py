@@ -89,16 +89,19 @@ def cmd_relay(args: argparse.Namespace) -> int:
     """Run the relay alone: it leads, or stands by until the active relay dies.
 
     SIGTERM or SIGINT: publish what is stored, then exit (a second signal, or 5 s,
-    cuts that short). With ``--parent-pid`` it also exits once that process is gone.
+    cuts that short). Under ``serve`` (``--supervised``) the end of its standard input
+    says the same: serve closes it to stop the relay, and it closes by itself when serve
+    dies, kill -9 included; unlike a signal, it cannot arrive too early to be seen.
     """
     import asyncio
     import os
+    import threading
 
     from turnstream.bootstrap import bootstrap_relay
 
     settings = _settings(args)
     _logging(settings)
-    if args.parent_pid and settings.relay_nice:
+    if args.supervised and settings.relay_nice:
         os.nice(settings.relay_nice)
     relay, embedded = bootstrap_relay(settings)
 
@@ -117,23 +120,19 @@ def cmd_relay(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
 
-        async def orphaned() -> None:
-            # No event tells a child its parent died (kill -9); its parent id changes.
-            while os.getppid() == args.parent_pid:  # noqa: ASYNC110
-                await asyncio.sleep(1.0)
-            logging.getLogger("turnstream.relay").warning("parent gone; relay stops")
-            task.cancel()
+        def read_to_end() -> None:
+            sys.stdin.buffer.read()
+            loop.call_soon_threadsafe(stop)
 
-        watch = asyncio.create_task(orphaned()) if args.parent_pid else None
+        if args.supervised:
+            threading.Thread(target=read_to_end, name="parent-watch", daemon=True).start()
         relay.link.start()
         try:
             await relay.run_forever()
         finally:
-            if watch is not None:
-                watch.cancel()
             await relay.link.close()
 
-    if not args.parent_pid:
+    if not args.supervised:
         print(f"turnstream relay: store -> NATS stream {settings.nats_stream}", flush=True)
     try:
         asyncio.run(run())
@@ -219,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "relay", help="run only the relay: every stored event onto NATS JetStream"
     )
     relay.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
-    relay.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    relay.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     relay.set_defaults(func=cmd_relay)
 
     token = sub.add_parser("token", help="print a bearer token signed with serve's secret")

@@ -240,6 +240,8 @@ def test_a_nats_outage_longer_than_the_duplicate_window_loses_and_repeats_nothin
             reader.start()
         for reader in readers:
             assert reader.streaming.wait(30)
+        # The relay (serve's child process) is up and publishing before NATS goes.
+        wait_relayed(url, nats_target.stream, nats_target.prefix, database_url, db_schema)
         nats_server.stop()
         down_at = time.monotonic()
         wait_ready_state(server, "down")

@@ -189,13 +189,16 @@ class Relay:
         return self._draining
 
     def drain(self) -> None:
-        """Stop once the stream holds everything stored so far (a standby stops at once)."""
+        """Stop once the stream holds everything stored so far.
+
+        A relay that finds another leading stops at once: that one publishes the rest.
+        """
         self._draining = True
 
     async def run_forever(self) -> None:
         """Lead or stand by until cancelled, or until :meth:`drain` is done."""
         delay = 0.2
-        while not self._draining:
+        while True:
             conn: psycopg.Connection[Any] | None = None
             try:
                 await self.link.ready.wait()
@@ -203,6 +206,8 @@ class Relay:
                 if not await self._call(self._try_lead, conn):
                     await self._call(conn.close)
                     conn = None
+                    if self._draining:
+                        return
                     await asyncio.sleep(self.takeover_s)
                     continue
                 log.info("relay active for stream %s", self.stream)

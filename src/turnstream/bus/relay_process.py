@@ -3,8 +3,10 @@
 Publishing every stored event costs tens of microseconds of Python per event. On the
 HTTP process's event loop that competes, under one GIL, with the SSE streams it serves;
 in a child it has a core of its own. The child is ``turnstream relay`` with the parent's
-settings and resolved URLs (so it never starts embedded servers of its own); it exits
-when its parent is gone, and the parent starts it again if it dies.
+settings and resolved URLs (so it never starts embedded servers of its own). Its
+standard input is a pipe from the parent: closing it asks the child to publish what is
+stored and exit, and the operating system closes it when the parent dies. The parent
+starts the child again if it dies.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import sys
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,9 @@ class RelayProcess:
                 "-m",
                 "turnstream",
                 "relay",
-                "--parent-pid",
-                str(os.getpid()),
+                "--supervised",
                 env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
             )
             code = await self.proc.wait()
             if self._stopping:
@@ -57,8 +56,8 @@ class RelayProcess:
         self._stopping = True
         proc = self.proc
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+            if proc.stdin is not None:
+                proc.stdin.close()
             try:
                 await asyncio.wait_for(proc.wait(), self.stop_timeout_s)
             except TimeoutError:
