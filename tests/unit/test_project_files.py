@@ -106,3 +106,15 @@ def test_ci_runs_the_readmes_test_command_unchanged() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from turnstream.settings import ENV_PREFIX, Settings
+
+    text = (ROOT / "README.md").read_text()
+    missing = [
+        ENV_PREFIX + name.upper()
+        for name in Settings.__struct_fields__
+        if f"| `{ENV_PREFIX}{name.upper()}` |" not in text
+    ]
+    assert missing == [], "add these to the README's settings table"
