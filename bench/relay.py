@@ -204,12 +204,14 @@ class RunResult:
         return common.rate(self.events, self.raw_s)
 
 
-def settings_for(schema: str, tag: str) -> Settings:
+def settings_for(schema: str, tag: str, batch: int = 1000) -> Settings:
     return Settings.from_env(
         {},
         database_schema=schema,
         nats_stream=f"BENCH_{tag.upper()}",
         nats_subject_prefix=f"bench_{tag}",
+        relay_batch=batch,
+        relay_takeover_s=0.5,
     )
 
 
@@ -303,7 +305,7 @@ async def live_latency(
 async def run_once(url: str, nats_url: str, args: argparse.Namespace) -> RunResult:
     with common.fresh_schema(url, keep=args.keep_schema) as schema:
         tag = schema.split("_", 1)[1]
-        settings = settings_for(schema, tag)
+        settings = settings_for(schema, tag, args.batch)
         app = build_application(settings, url)
         try:
             events = backlog(args.events, args.tokens_per_turn)
@@ -315,7 +317,7 @@ async def run_once(url: str, nats_url: str, args: argparse.Namespace) -> RunResu
             link = NatsLink(nats_url, settings, name="bench-relay")
             link.start()
             await link.ready.wait()
-            relay = Relay(app, link, batch=args.batch, takeover_s=0.5)
+            relay = Relay(app, link)
             relay_s = await drain_relay(relay, head, len(events))
             assert link.js is not None
             info = await link.js.stream_info(settings.nats_stream)

@@ -113,7 +113,7 @@ def bootstrap_relay(settings: Settings) -> tuple[Relay, list[Any]]:
     try:
         app = build_application(settings, database_url)
         link = NatsLink(nats_url, settings, name="turnstream-relay")
-        relay = Relay(app, link, batch=settings.relay_batch, takeover_s=settings.relay_takeover_s)
+        relay = Relay(app, link)
     except BaseException:
         for server in reversed(embedded):
             server.stop()

@@ -37,6 +37,7 @@ from turnstream.bus.relay_process import RelayProcess
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import utcnow
+from turnstream.domain.postgres import TurnIndexRow
 from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
 from turnstream.domain.writer import GroupWriter
 from turnstream.errors import (
@@ -174,13 +175,7 @@ class ChatService:
                 )
                 self.relay_process.start()
             elif self.settings.relay:
-                self.relay = Relay(
-                    self.app,
-                    self.link,
-                    batch=self.settings.relay_batch,
-                    takeover_s=self.settings.relay_takeover_s,
-                    run=self.run,
-                )
+                self.relay = Relay(self.app, self.link, run=self.run)
                 self._relay_task = asyncio.create_task(
                     self.relay.run_forever(), name="turnstream-relay"
                 )
@@ -389,12 +384,15 @@ class ChatService:
         with self.app.store.datastore.get_connection() as conn:
             return self.app.start_turn(conn, started)
 
-    async def check_turn(self, caller: Caller, conversation_id: UUID, turn_id: UUID) -> None:
-        """The turn exists in the caller's conversation, else 404."""
+    async def check_turn(
+        self, caller: Caller, conversation_id: UUID, turn_id: UUID
+    ) -> TurnIndexRow:
+        """The turn's index row, if it is in the caller's conversation; else 404."""
         await self.conversation(caller, conversation_id)
         row = await self.run(self.app.store.turn_row, turn_id)
         if row is None or row.conversation_id != conversation_id:
             raise TurnNotFound(turn_id)
+        return row
 
     async def active_turn(self, caller: Caller, conversation_id: UUID) -> UUID | None:
         await self.conversation(caller, conversation_id)
@@ -402,10 +400,7 @@ class ChatService:
 
     async def cancel(self, caller: Caller, conversation_id: UUID, turn_id: UUID) -> None:
         """Cancel the turn wherever it runs: here, or on its node through NATS."""
-        await self.conversation(caller, conversation_id)
-        row = await self.run(self.app.store.turn_row, turn_id)
-        if row is None or row.conversation_id != conversation_id:
-            raise TurnNotFound(turn_id)
+        row = await self.check_turn(caller, conversation_id, turn_id)
         if row.ended or self.cancel_local(turn_id, reason="cancelled"):
             return
         if row.node_id == self.node_id:

@@ -86,7 +86,7 @@ class Running:
 async def relay_on(app: TurnstreamApplication, settings: Settings) -> AsyncIterator[Running]:
     link = NatsLink(settings.nats_url or "", settings)
     link.start()
-    relay = Relay(app, link, batch=50, takeover_s=0.2)
+    relay = Relay(app, link)
     task = asyncio.create_task(relay.run_forever())
     try:
         yield Running(app, settings, relay, link, task)
@@ -104,6 +104,8 @@ def settings_for(nats_target: NatsTarget, database_url: str, schema: str) -> Set
         nats_url=nats_target.url,
         nats_stream=nats_target.stream,
         nats_subject_prefix=nats_target.prefix,
+        relay_batch=50,
+        relay_takeover_s=0.2,
     )
 
 

@@ -148,8 +148,6 @@ class Relay:
         app: TurnstreamApplication,
         link: NatsLink,
         *,
-        batch: int = 1000,
-        takeover_s: float = 2.0,
         run: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.app = app
@@ -157,8 +155,8 @@ class Relay:
         self.settings = link.settings
         self.stream = self.settings.nats_stream
         self.prefix = self.settings.nats_subject_prefix
-        self.batch = max(1, batch)
-        self.takeover_s = takeover_s
+        self.batch = max(1, self.settings.relay_batch)
+        self.takeover_s = self.settings.relay_takeover_s
         self.status = RelayStatus()
         self._run_sync = run
         self._owners: OrderedDict[UUID, _Owner] = OrderedDict()
