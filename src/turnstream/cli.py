@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
 
+from turnstream.durations import duration_s
 from turnstream.settings import Settings, SettingsError
-
-_TTL = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_ttl(text: str) -> int:
-    match = _TTL.match(text.strip())
-    if not match:
+    seconds = duration_s(text)
+    if seconds is None:
         msg = f"bad --ttl {text!r}: use seconds or a number with s, m, h or d (e.g. 1h)"
         raise argparse.ArgumentTypeError(msg)
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    return seconds
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -108,10 +108,6 @@ def control_subject(prefix: str, node_id: UUID) -> str:
     return f"_{prefix}_ctl.{node_id}"
 
 
-def msg_id(stream_id: UUID, seq: int) -> str:
-    return f"{stream_id}:{seq}"
-
-
 _UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _FIELD_NOTES: dict[str, dict[str, Any]] = {
     "id": {

@@ -129,15 +129,9 @@ class RelayStatus:
     position: int = 0
     """The last event the stream is known to hold."""
     stream_seq: int = 0
-    head: int = 0
-    """The store's last position, as last seen."""
     published: int = 0
     resyncs: int = 0
     last_error: str | None = None
-
-    @property
-    def lag(self) -> int:
-        return max(self.head - self.position, 0)
 
 
 class Relay:
@@ -450,7 +444,6 @@ class Relay:
                             self._write_checkpoint, conn, seq_now, self.status.position
                         )
                         checkpoint = (seq_now, time.monotonic())
-                    self.status.head = self.status.position
                     if self._draining:
                         return
                     if not self.link.connected:
@@ -470,7 +463,6 @@ class Relay:
                     future = await js.publish_async(subject, body, headers=headers)
                     seq += 1
                     inflight.append((future, seq, pos))
-                self.status.head = max(self.status.head, read_at)
                 await self._settle(inflight, window - self.batch)
                 report_at = self._report(report_at)
         finally:

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from turnstream.bus.envelope import POSITION
+from turnstream.durations import duration_s
 from turnstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,6 @@ IDLE_CHECK_S = 1.0
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2262, 1, 1, tzinfo=UTC)
-_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class TailError(Exception):
@@ -78,10 +76,9 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
         ValueError: ``text`` is neither.
     """
     text = text.strip()
-    match = _DURATION.match(text)
-    if match:
-        now = now or datetime.now(UTC)
-        return now - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    seconds = duration_s(text, bare_seconds=False)
+    if seconds is not None:
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
     try:
         when = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
