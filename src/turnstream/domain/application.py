@@ -26,7 +26,7 @@ from turnstream.domain.events import (
     decode_event,
     encode_event,
 )
-from turnstream.domain.postgres import Row, TurnIndexRow, TurnstreamRecorder, as_row
+from turnstream.domain.postgres import Row, TurnstreamRecorder, as_row
 from turnstream.domain.turn import Turn, TurnEvent
 from turnstream.errors import ConversationNotFound
 
@@ -126,25 +126,6 @@ class TurnstreamApplication(Application[UUID]):
 
     def turn(self, turn_id: UUID) -> Turn | None:
         return Turn.fold(self.turn_events(turn_id))
-
-    def turn_summary(self, turn_id: UUID, ended: bool) -> Turn | None:
-        """A turn's state; an ended turn is read from its first and last events only."""
-        if not ended:
-            return self.turn(turn_id)
-        first = self.store.select_events(turn_id, limit=1)
-        last = self.store.select_events(turn_id, desc=True, limit=1)
-        if not first:
-            return None
-        turn = Turn.fold([cast(TurnEvent, decode_event(first[0].topic, first[0].state))])
-        assert turn is not None
-        if last and last[0].originator_version > 1:
-            final = cast(TurnEvent, decode_event(last[0].topic, last[0].state))
-            turn.version = final.originator_version - 1
-            turn.apply(final)
-        return turn
-
-    def conversation_turns(self, conversation_id: UUID) -> list[TurnIndexRow]:
-        return self.store.conversation_turns(conversation_id)
 
     def start_turn(self, conn: psycopg.Connection[Any], started: Turn.Started) -> int:
         """Record ``started`` as a new running turn; IntegrityError when one runs already."""

@@ -21,7 +21,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import ClientCursor
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 
 def _last_value(cur: psycopg.Cursor[Any]) -> int:
@@ -34,6 +34,9 @@ def _last_value(cur: psycopg.Cursor[Any]) -> int:
         if not cur.nextset():
             return 0
 
+
+DELTAS_ONLY = "deltas"
+"""The payload of a commit's notification when it holds only token and reasoning deltas."""
 
 Row = tuple[UUID | str, int, str, bytes]
 """A stored event as COPY writes it: originator id, version, topic, state."""
@@ -97,6 +100,11 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             self.events_table, Identifier(self.channel_name)
         )
         self._begin_sql = SQL("BEGIN; ") + self.lock_sql
+        # A commit of text deltas only says so: the projections skip those, and wake
+        # only for the events they read (the relay wakes for every commit).
+        self._begin_deltas_sql = SQL(
+            "BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE; NOTIFY {}, {}"
+        ).format(self.events_table, Identifier(self.channel_name), Literal(DELTAS_ONLY))
         self._end_sql = SQL(
             "UPDATE {ix} SET ended = true WHERE turn_id = ANY(%s::uuid[]);"
             " SELECT max(notification_id) FROM {ev}; COMMIT"
@@ -170,6 +178,8 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         conn: psycopg.Connection[Any],
         events: Sequence[Row],
         ended: Sequence[UUID],
+        *,
+        deltas_only: bool = False,
     ) -> int:
         """One group commit: the events (any turns, in order) and the turns they end.
 
@@ -178,7 +188,7 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         """
         try:
             with ClientCursor(conn, row_factory=tuple_row) as cur:
-                cur.execute(self._begin_sql)
+                cur.execute(self._begin_deltas_sql if deltas_only else self._begin_sql)
                 self.copy_events(cur, events, lock=False, position=False)
                 cur.execute(self._end_sql, (list(ended),))
                 return _last_value(cur)
@@ -195,6 +205,19 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
 
     # The turn index.
 
+    def last_version(self, originator_id: UUID) -> int:
+        """The version of an aggregate's last stored event (0 if it has none)."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                SQL(
+                    "SELECT originator_version FROM {} WHERE originator_id = %s"
+                    " ORDER BY originator_version DESC LIMIT 1"
+                ).format(self.events_table),
+                (originator_id,),
+            )
+            row = cur.fetchone()
+            return 0 if row is None else int(row[0])
+
     def running_turn(self, conversation_id: UUID) -> UUID | None:
         with self.datastore.get_connection() as conn, conn.cursor() as cur:
             cur.execute(
@@ -205,17 +228,6 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             )
             row = cur.fetchone()
             return None if row is None else row["turn_id"]
-
-    def conversation_turns(self, conversation_id: UUID) -> list[TurnIndexRow]:
-        with self.datastore.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                SQL(
-                    "SELECT turn_id, conversation_id, node_id, started_position, ended"
-                    " FROM {} WHERE conversation_id = %s ORDER BY started_position"
-                ).format(self.index_table),
-                (conversation_id,),
-            )
-            return [TurnIndexRow(**r) for r in cur.fetchall()]
 
     def turn_row(self, turn_id: UUID) -> TurnIndexRow | None:
         with self.datastore.get_connection() as conn, conn.cursor() as cur:

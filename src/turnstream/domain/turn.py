@@ -60,6 +60,8 @@ class Turn:
         """The user's message (empty for retry and continue)."""
         prefix: str = ""
         """For ``continue``: the text the answer extends."""
+        reasoning_prefix: str = ""
+        """For ``continue``: the reasoning the answer had so far."""
 
         def sse_data(self) -> dict[str, Any]:
             return {
@@ -144,7 +146,7 @@ class Turn:
         self.version = started.originator_version
         self.started = started
         self.text = started.prefix
-        self.reasoning = ""
+        self.reasoning = started.reasoning_prefix
         self.title: str | None = None
         self.status: TurnStatus = "running"
         self.finish_reason: str | None = None

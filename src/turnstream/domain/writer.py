@@ -29,6 +29,7 @@ from turnstream.domain.turn import Turn, TurnEvent
 log = logging.getLogger(__name__)
 
 MERGEABLE = (Turn.TokensAppended, Turn.ReasoningAppended)
+"""Text deltas: merged per turn, and never read by the projections."""
 
 
 @dataclass(slots=True)
@@ -189,7 +190,8 @@ class GroupWriter:
         conn = self._connection()
         stored = [self.app.encode_row(e) for e in events]
         t0 = time.perf_counter()
-        position = self.app.store.append_batch(conn, stored, ended)
+        deltas = all(type(e) in MERGEABLE for e in events)
+        position = self.app.store.append_batch(conn, stored, ended, deltas_only=deltas)
         self.stats.last_commit_s = time.perf_counter() - t0
         self.stats.batches += 1
         self.stats.events += len(events)
