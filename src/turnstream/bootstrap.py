@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from turnstream.domain.application import (
     ensure_schema,
     event_store_env,
 )
+from turnstream.projections.runner import ensure_projections
 from turnstream.providers import Providers
 from turnstream.service import ChatService
 from turnstream.settings import Settings
@@ -105,6 +107,30 @@ def bootstrap(settings: Settings) -> Container:
             server.stop()
         raise
     return Container(settings, database_url, nats_url, app, service, secret, dev, embedded)
+
+
+def attach_store(settings: Settings) -> tuple[TurnstreamApplication, Callable[[], None]]:
+    """The store alone, for operator commands (``turnstream projections``), and how to
+    let go of it: an embedded PostgreSQL that ``serve`` runs is used, never stopped."""
+    database_url, embedded = start_database(settings)
+
+    def close() -> None:
+        for server in embedded:
+            if not getattr(server, "adopted", False):
+                server.stop()
+
+    try:
+        app = build_application(settings, database_url)
+        ensure_projections(app)
+    except BaseException:
+        close()
+        raise
+
+    def release() -> None:
+        app.close()
+        close()
+
+    return app, release
 
 
 def bootstrap_relay(settings: Settings) -> tuple[Relay, list[Any]]:

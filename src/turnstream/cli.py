@@ -199,6 +199,26 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_projections(args: argparse.Namespace) -> int:
+    """Operate the projections (see :mod:`turnstream.projections.cli`)."""
+    from turnstream.projections.cli import main as projections_main
+
+    settings = _settings(args)
+    _logging(settings)
+    return projections_main(
+        settings, args.action, args.name, as_json=args.json, supervised=args.supervised
+    )
+
+
+def _projection_name(text: str) -> str:
+    from turnstream.projections.runner import PROJECTIONS
+
+    if text not in PROJECTIONS:
+        msg = f"{text!r} is not a projection; choose from {', '.join(PROJECTIONS)}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnstream", description="An event-sourced chat backend for LLM chat apps."
@@ -252,6 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     tail.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
     tail.set_defaults(func=cmd_tail)
+
+    projections = sub.add_parser(
+        "projections",
+        help="status, rebuild or run the projections (message tree, conversation list, usage)",
+        description="status: each projection's position, the log's head and the lag."
+        " rebuild [NAME]: rebuild from the first event (all projections without NAME) while"
+        " the service keeps serving the old view, then switch to the new one."
+        " run [NAME]: keep the projections up to date in this process.",
+    )
+    projections.add_argument("action", choices=["status", "rebuild", "run"])
+    projections.add_argument("name", nargs="?", type=_projection_name, help="one projection")
+    projections.add_argument("--json", action="store_true", help="status as JSON lines")
+    projections.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    projections.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
+    projections.set_defaults(func=cmd_projections)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the NATS envelope")
     schema.set_defaults(func=cmd_schema)

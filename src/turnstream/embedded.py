@@ -517,6 +517,8 @@ class EmbeddedPostgres(_Managed):
         self._pid: int | None = None
         self._port: int | None = None
         self._socket_dir: Path | None = None
+        self.adopted = False
+        """Whether :meth:`start` found the server already running (another process's)."""
 
     # ----------------------------------------------------------------- public API
 
@@ -528,6 +530,7 @@ class EmbeddedPostgres(_Managed):
                 return self.url
             self._account = self._prepare_account()
             running = self._find_adoptable()
+            self.adopted = running is not None
             if running is not None:
                 logger.info(
                     "reusing PostgreSQL (pid %d, port %s) left running in %s",

@@ -92,6 +92,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Events the relay reads from the store per page (and at most twice that in flight)."""
     relay_takeover_s: float = 2.0
     """How often a standby relay tries to take over, and the wait between retries."""
+    projections: bool = True
+    """Keep the projections (message tree, conversation list, usage) inside ``serve``
+    (one node at a time is active per projection; the others stand by)."""
+    projections_process: bool = True
+    """Run ``serve``'s projection workers in a child process (off the HTTP process's GIL)."""
+    projection_wait_s: float = 10.0
+    """How long a read waits for the projections to hold everything committed before it
+    (read your writes) before it answers 503."""
     remote_poll_interval_s: float = 2.0
     """With NATS up, how often a reader of a turn run elsewhere also checks the store."""
     jwt_secret: str | None = None

@@ -1,4 +1,4 @@
-"""``serve``'s relay as a supervised child process.
+"""``serve``'s relay (and its projection workers) as supervised child processes.
 
 Publishing every stored event costs tens of microseconds of Python per event. On the
 HTTP process's event loop that competes, under one GIL, with the SSE streams it serves;
@@ -6,7 +6,8 @@ in a child it has a core of its own. The child is ``turnstream relay`` with the 
 settings and resolved URLs (so it never starts embedded servers of its own). Its
 standard input is a pipe from the parent: closing it asks the child to publish what is
 stored and exit, and the operating system closes it when the parent dies. The parent
-starts the child again if it dies.
+starts the child again if it dies. The projection workers run the same way
+(``turnstream projections run --supervised``), for the same reason.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ RESTART_DELAY_S = 1.0
 
 
 class RelayProcess:
-    def __init__(self, env: dict[str, str], *, stop_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        command: tuple[str, ...] = ("relay",),
+        stop_timeout_s: float = 5.0,
+    ) -> None:
         self.env = env
+        self.command = command
         self.stop_timeout_s = stop_timeout_s
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -31,7 +39,8 @@ class RelayProcess:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise(), name="turnstream-relay-process")
+        name = "turnstream-" + "-".join(self.command) + "-process"
+        self._task = asyncio.create_task(self._supervise(), name=name)
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -39,7 +48,7 @@ class RelayProcess:
                 sys.executable,
                 "-m",
                 "turnstream",
-                "relay",
+                *self.command,
                 "--supervised",
                 env=self.env,
                 stdin=asyncio.subprocess.PIPE,
@@ -48,7 +57,8 @@ class RelayProcess:
             if self._stopping:
                 return
             self.restarts += 1
-            log.warning("relay process exited (status %s); starting it again", code)
+            name = " ".join(self.command)
+            log.warning("%s process exited (status %s); starting it again", name, code)
             await asyncio.sleep(RESTART_DELAY_S)
 
     async def stop(self) -> None:
@@ -61,7 +71,7 @@ class RelayProcess:
             try:
                 await asyncio.wait_for(proc.wait(), self.stop_timeout_s)
             except TimeoutError:
-                log.warning("relay process did not stop in time; killing it")
+                log.warning("%s process did not stop in time; killing it", " ".join(self.command))
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()

@@ -1,21 +1,19 @@
-"""Read models built from the log: the conversation with its messages.
-
-Until the projections runner lands, a conversation is read from its events and its
-turns' events on request; ended turns are read from their first and last events only
-(the terminal event carries the whole answer), so a read never replays tokens of
-finished answers.
-"""
+"""What clients read, built from the projections' rows (see ``reader``)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
 
 from turnstream.domain.conversation import Conversation
-from turnstream.domain.turn import Turn, TurnUsage
+from turnstream.domain.turn import TurnUsage
+from turnstream.errors import Invalid
+from turnstream.projections.reader import ListCursor
 
 MessageStatus = Literal["complete", "streaming", "interrupted", "failed"]
 
@@ -54,6 +52,21 @@ class ConversationView(ConversationSummary, kw_only=True):
     active_turn: ActiveTurn | None
 
 
+class ConversationItem(msgspec.Struct, kw_only=True):
+    id: UUID
+    title: str | None
+    model: str
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    active_turn_id: UUID | None
+
+
+class ConversationPage(msgspec.Struct, kw_only=True):
+    items: list[ConversationItem]
+    next_cursor: str | None
+
+
 def summary(conversation: Conversation) -> ConversationSummary:
     return ConversationSummary(
         id=conversation.id,
@@ -65,86 +78,93 @@ def summary(conversation: Conversation) -> ConversationSummary:
     )
 
 
-_STATUS: dict[str, MessageStatus] = {
-    "running": "streaming",
-    "completed": "complete",
-    "interrupted": "interrupted",
-    "failed": "failed",
-}
-
-
-def conversation_view(conversation: Conversation, turns: list[Turn]) -> ConversationView:
-    """The conversation with every message of its turns, in order of the turns."""
-    messages: dict[UUID, MessageView] = {}
-    order: list[UUID] = []
-    title = conversation.title
-    updated_at = conversation.updated_at
-    active: ActiveTurn | None = None
-    leaf: UUID | None = None
-    for turn in turns:
-        s = turn.started
-        if s.user_message_id is not None and s.user_message_id not in messages:
-            messages[s.user_message_id] = MessageView(
-                id=s.user_message_id,
-                parent_id=s.parent_id,
-                role="user",
-                content=s.content,
-                reasoning="",
-                status="complete",
-                model=None,
-                turn_id=turn.id,
-                children=[],
-                created_at=s.timestamp,
-            )
-            order.append(s.user_message_id)
-        answer_parent = s.user_message_id if s.user_message_id is not None else s.parent_id
-        messages[s.assistant_message_id] = MessageView(
-            id=s.assistant_message_id,
-            parent_id=answer_parent,
-            role="assistant",
-            content=turn.text,
-            reasoning=turn.reasoning,
-            status=_STATUS[turn.status],
-            model=s.model,
-            turn_id=turn.id,
+def message_views(rows: list[dict[str, Any]]) -> list[MessageView]:
+    """The flat tree, in creation order, each message with its children in order."""
+    messages = [
+        MessageView(
+            id=r["id"],
+            parent_id=r["parent_id"],
+            role=r["role"],
+            content=r["content"],
+            reasoning=r["reasoning"],
+            status=r["status"],
+            model=r["model"],
+            turn_id=r["turn_id"],
             children=[],
-            created_at=s.timestamp,
-            usage=turn.usage,
+            created_at=r["created_at"],
+            usage=None
+            if r["prompt_tokens"] is None
+            else TurnUsage(
+                prompt_tokens=r["prompt_tokens"],
+                completion_tokens=r["completion_tokens"],
+                estimated=bool(r["estimated"]),
+            ),
         )
-        if s.assistant_message_id not in order:
-            order.append(s.assistant_message_id)
-        if title is None and turn.title:
-            title = turn.title
-        updated_at = max(updated_at, turn.ended_at or s.timestamp)
-        leaf = s.assistant_message_id
-        if not turn.ended:
-            active = ActiveTurn(turn_id=turn.id, last_seq=turn.version)
-    for message_id in order:
-        message = messages[message_id]
-        parent = messages.get(message.parent_id) if message.parent_id else None
-        if parent is not None and message.id not in parent.children:
+        for r in rows
+    ]
+    by_id = {m.id: m for m in messages}
+    for message in messages:
+        parent = by_id.get(message.parent_id) if message.parent_id else None
+        if parent is not None:
             parent.children.append(message.id)
+    return messages
+
+
+def conversation_view(
+    row: dict[str, Any], rows: list[dict[str, Any]], active: ActiveTurn | None
+) -> ConversationView:
     return ConversationView(
-        id=conversation.id,
-        title=title,
-        model=conversation.model,
-        system_prompt=conversation.system_prompt,
-        created_at=conversation.created_at,
-        updated_at=updated_at,
-        messages=[messages[m] for m in order],
-        current_leaf_id=leaf,
+        id=row["id"],
+        title=row["title"],
+        model=row["model"],
+        system_prompt=row["system_prompt"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        messages=message_views(rows),
+        current_leaf_id=row["current_leaf_id"],
         active_turn=active,
     )
 
 
-def model_path(conversation: Conversation, turns: list[Turn]) -> list[tuple[str, str]]:
-    """The (role, text) messages of the conversation so far, system prompt first."""
-    path: list[tuple[str, str]] = []
-    if conversation.system_prompt:
-        path.append(("system", conversation.system_prompt))
-    for turn in turns:
-        if turn.started.user_message_id is not None:
-            path.append(("user", turn.started.content))
-        if turn.text:
-            path.append(("assistant", turn.text))
-    return path
+def conversation_page(rows: list[dict[str, Any]], limit: int) -> ConversationPage:
+    """A page of ``limit`` items from ``limit + 1`` rows (the extra one says "more")."""
+    items = [
+        ConversationItem(
+            id=r["id"],
+            title=r["title"],
+            model=r["model"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            message_count=r["message_count"],
+            active_turn_id=r["active_turn_id"],
+        )
+        for r in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return ConversationPage(
+        items=items,
+        next_cursor=encode_cursor(ListCursor(items[-1].updated_at, items[-1].id))
+        if more and items
+        else None,
+    )
+
+
+_cursor_encoder = msgspec.json.Encoder()
+_cursor_decoder = msgspec.json.Decoder(tuple[datetime, UUID])
+
+
+def encode_cursor(cursor: ListCursor) -> str:
+    raw = _cursor_encoder.encode((cursor.updated_at, cursor.id))
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> ListCursor:
+    """A cursor from ``next_cursor``; 400 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        updated_at, conversation_id = _cursor_decoder.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise Invalid("'cursor' is not a cursor this API returned.") from None
+    if updated_at.tzinfo is None:
+        raise Invalid("'cursor' is not a cursor this API returned.")
+    return ListCursor(updated_at, conversation_id)

@@ -1,0 +1,107 @@
+"""The conversation list: each user's conversations, newest activity first.
+
+Activity is creation, a rename, and a turn starting or ending; the list
+is read with keyset pagination on ``(updated_at, id)``. A deleted conversation leaves
+the list (its events stay in the log).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from turnstream.domain.conversation import Conversation
+from turnstream.domain.events import DomainEvent
+from turnstream.domain.turn import Turn
+from turnstream.projections.base import BatchProjection, Op
+from turnstream.projections.tree import CONVERSATION_TOPICS, TURN_TOPICS
+
+NEW_MESSAGES = {"message": 2, "edit": 2, "retry": 1, "continue": 0}
+"""Messages a turn adds to the tree, by mode (continue extends an answer in place)."""
+
+
+class ConversationList(BatchProjection):
+    name = "conversations"
+    topics = CONVERSATION_TOPICS + TURN_TOPICS
+    tables: ClassVar[dict[str, str]] = {
+        "conversation_list": (
+            "id uuid PRIMARY KEY, tenant text NOT NULL, owner text NOT NULL,"
+            " title text, model text NOT NULL, created_at timestamptz NOT NULL,"
+            " updated_at timestamptz NOT NULL, message_count integer NOT NULL DEFAULT 0,"
+            " active_turn_id uuid"
+        ),
+    }
+    indexes = (
+        ("conversation_list", "tenant, owner, updated_at DESC, id DESC"),
+        ("conversation_list", "active_turn_id"),
+    )
+    reads = ("conversation_list",)
+
+    def changes(self, event: DomainEvent, position: int) -> list[Op]:
+        if isinstance(event, Turn.Started):
+            return [
+                (
+                    self.q(
+                        "UPDATE {conversation_list} SET message_count = message_count + %s, "
+                        "active_turn_id = %s, updated_at = greatest(updated_at, %s) WHERE id = %s"
+                    ),
+                    (
+                        NEW_MESSAGES[event.mode],
+                        event.originator_id,
+                        event.timestamp,
+                        event.conversation_id,
+                    ),
+                )
+            ]
+        if isinstance(event, Turn.Titled):
+            return [
+                (
+                    self.q(
+                        "UPDATE {conversation_list} SET title = coalesce(title, %s) WHERE "
+                        "active_turn_id = %s"
+                    ),
+                    (event.title, event.originator_id),
+                )
+            ]
+        if isinstance(event, Turn.Finished | Turn.Failed):
+            return [
+                (
+                    self.q(
+                        "UPDATE {conversation_list} SET active_turn_id = NULL, updated_at = "
+                        "greatest(updated_at, %s) WHERE active_turn_id = %s"
+                    ),
+                    (event.timestamp, event.originator_id),
+                )
+            ]
+        if isinstance(event, Conversation.Created):
+            return [
+                (
+                    self.q(
+                        "INSERT INTO {conversation_list} (id, tenant, owner, title, model, "
+                        "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    ),
+                    (
+                        event.originator_id,
+                        event.tenant,
+                        event.owner,
+                        event.title,
+                        event.model,
+                        event.timestamp,
+                        event.timestamp,
+                    ),
+                )
+            ]
+        if isinstance(event, Conversation.Renamed):
+            return [
+                (
+                    self.q(
+                        "UPDATE {conversation_list} SET title = %s, updated_at = "
+                        "greatest(updated_at, %s) WHERE id = %s"
+                    ),
+                    (event.title, event.timestamp, event.originator_id),
+                )
+            ]
+        if isinstance(event, Conversation.Deleted):
+            return [
+                (self.q("DELETE FROM {conversation_list} WHERE id = %s"), (event.originator_id,))
+            ]
+        return []

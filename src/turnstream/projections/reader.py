@@ -1,0 +1,189 @@
+"""Reading the projections' active views, and knowing how far they are.
+
+Readers use the plain SQL views that name the active generation (see ``base``).
+Read your writes: :meth:`Reader.pending` says which log position a view must reach to
+hold every relevant event committed so far; :class:`Positions` follows the positions the
+workers announce (LISTEN), so a reader waits for exactly that, never for a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row, tuple_row
+from psycopg.sql import SQL, Identifier
+
+from turnstream.domain.application import APP_NAME, TurnstreamApplication
+from turnstream.projections.base import channel
+from turnstream.projections.runner import PROJECTIONS
+
+log = logging.getLogger(__name__)
+
+
+class ListCursor(NamedTuple):
+    updated_at: datetime
+    id: UUID
+
+
+class Reader:
+    """Synchronous queries of the views (the service runs them on its executor)."""
+
+    def __init__(self, app: TurnstreamApplication) -> None:
+        self.app = app
+        schema = Identifier(app.store.datastore.schema)
+
+        def view(name: str) -> Any:
+            return SQL("{}.{}").format(schema, Identifier(name))
+
+        self._pending = {
+            name: SQL(
+                "WITH t AS (SELECT coalesce(max(notification_id), 0) AS p FROM {}"
+                " WHERE application_name = %s)"
+                " SELECT t.p, (SELECT max(notification_id) FROM {} e"
+                " WHERE e.notification_id > t.p AND e.topic = ANY(%s)) FROM t"
+            ).format(view(f"{name}_tracking"), app.store.events_table)
+            for name in PROJECTIONS
+        }
+        self._conversation = SQL("SELECT * FROM {} WHERE id = %s AND NOT deleted").format(
+            view("tree_conversations")
+        )
+        self._messages = SQL("SELECT * FROM {} WHERE conversation_id = %s ORDER BY ordinal").format(
+            view("tree_messages")
+        )
+        self._message = SQL("SELECT * FROM {} WHERE id = %s AND conversation_id = %s").format(
+            view("tree_messages")
+        )
+        columns = SQL(
+            "SELECT id, title, model, created_at, updated_at, message_count, active_turn_id FROM {}"
+        ).format(view("conversation_list"))
+        order = SQL(" ORDER BY updated_at DESC, id DESC LIMIT %s")
+        self._list_first = columns + SQL(" WHERE tenant = %s AND owner = %s") + order
+        self._list_after = (
+            columns
+            + SQL(" WHERE tenant = %s AND owner = %s AND (updated_at, id) < (%s, %s)")
+            + order
+        )
+        self._usage = SQL(
+            "SELECT period, period_start, sum(turns) AS turns,"
+            " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens"
+            " FROM {} WHERE tenant = %s AND user_id = %s AND (period, period_start) IN"
+            " (('day', %s), ('week', %s)) GROUP BY period, period_start"
+        ).format(view("usage_counters"))
+
+    def _rows(self, query: Any, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        with (
+            self.app.store.datastore.get_connection() as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def pending(self, name: str) -> tuple[int, int | None]:
+        """(the view's position, the last relevant event after it, or None)."""
+        with (
+            self.app.store.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            cur.execute(self._pending[name], (APP_NAME, list(PROJECTIONS[name].topics)))
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0]), None if row[1] is None else int(row[1])
+
+    def conversation(self, conversation_id: UUID) -> dict[str, Any] | None:
+        rows = self._rows(self._conversation, (conversation_id,))
+        return rows[0] if rows else None
+
+    def messages(self, conversation_id: UUID) -> list[dict[str, Any]]:
+        return self._rows(self._messages, (conversation_id,))
+
+    def message(self, conversation_id: UUID, message_id: UUID) -> dict[str, Any] | None:
+        rows = self._rows(self._message, (message_id, conversation_id))
+        return rows[0] if rows else None
+
+    def conversations(
+        self, tenant: str, owner: str, limit: int, after: ListCursor | None
+    ) -> list[dict[str, Any]]:
+        if after is None:
+            return self._rows(self._list_first, (tenant, owner, limit))
+        return self._rows(self._list_after, (tenant, owner, after.updated_at, after.id, limit))
+
+    def usage(self, tenant: str, user_id: str, day: Any, week: Any) -> list[dict[str, Any]]:
+        return self._rows(self._usage, (tenant, user_id, day, week))
+
+
+class Positions:
+    """The positions the projections' workers announce, for readers to wait on.
+
+    One LISTEN connection per process. After a (re)connect the positions are read from
+    the views; a waiter that hears nothing for a second checks the view itself, so a
+    lost notification costs at most that second.
+    """
+
+    def __init__(self, app: TurnstreamApplication, reader: Reader) -> None:
+        self.app = app
+        self.reader = reader
+        self.known: dict[str, int] = {}
+        self._tick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="turnstream-positions")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def _announce(self, name: str, position: int) -> None:
+        self.known[name] = position
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    async def _listen(self) -> None:
+        schema = self.app.store.datastore.schema
+        delay = 0.2
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.app.database_url, autocommit=True, connect_timeout=10
+                )
+                async with conn:
+                    await conn.execute(SQL("LISTEN {}").format(Identifier(channel(schema))))
+                    for name in PROJECTIONS:
+                        position, _ = await asyncio.to_thread(self.reader.pending, name)
+                        self._announce(name, position)
+                    delay = 0.2
+                    async for notify in conn.notifies():
+                        name, _, value = notify.payload.partition(" ")
+                        if name in PROJECTIONS and value.isdigit():
+                            self._announce(name, int(value))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # PostgreSQL trouble: waiters fall back to queries
+                log.warning("projection positions: %s; listening again", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def wait(self, name: str, position: int, within_s: float) -> bool:
+        """Whether ``name``'s view reached ``position`` within ``within_s`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while self.known.get(name, 0) < position:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            tick = self._tick
+            try:
+                await asyncio.wait_for(tick.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                reached, _ = await asyncio.to_thread(self.reader.pending, name)
+                if reached >= position:
+                    self.known[name] = max(self.known.get(name, 0), reached)
+        return True

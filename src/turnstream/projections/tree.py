@@ -1,0 +1,214 @@
+"""The message tree: every conversation with all its messages and branches.
+
+Messages are written when their turn starts (the user message complete, the answer
+``streaming``) and once more when it ends: the terminal event carries the whole answer,
+so tokens never touch this view; live text comes from the turn's stream. A message's
+``ordinal`` is its turn's log position (doubled, the answer after the question), so the
+flat list is in creation order, the same in every rebuild.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from turnstream.domain.conversation import Conversation
+from turnstream.domain.events import DomainEvent
+from turnstream.domain.turn import Turn
+from turnstream.projections.base import BatchProjection, Op
+
+CONVERSATION_TOPICS = (
+    Conversation.Created.TOPIC,
+    Conversation.Renamed.TOPIC,
+    Conversation.Deleted.TOPIC,
+)
+TURN_TOPICS = (Turn.Started.TOPIC, Turn.Titled.TOPIC, Turn.Finished.TOPIC, Turn.Failed.TOPIC)
+
+
+class MessageTree(BatchProjection):
+    name = "tree"
+    topics = CONVERSATION_TOPICS + TURN_TOPICS
+    tables: ClassVar[dict[str, str]] = {
+        "tree_conversations": (
+            "id uuid PRIMARY KEY, tenant text NOT NULL, owner text NOT NULL,"
+            " model text NOT NULL, title text, system_prompt text,"
+            " created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,"
+            " deleted boolean NOT NULL DEFAULT false,"
+            " current_leaf_id uuid, active_turn_id uuid"
+        ),
+        "tree_messages": (
+            "id uuid PRIMARY KEY, conversation_id uuid NOT NULL, ordinal bigint NOT NULL,"
+            " parent_id uuid, role text NOT NULL, content text NOT NULL,"
+            " reasoning text NOT NULL, status text NOT NULL, model text,"
+            " turn_id uuid NOT NULL, created_at timestamptz NOT NULL,"
+            " prompt_tokens integer, completion_tokens integer, estimated boolean,"
+            " finish_reason text, error_code text"
+        ),
+    }
+    indexes = (
+        ("tree_conversations", "active_turn_id"),
+        ("tree_messages", "conversation_id, ordinal"),
+        ("tree_messages", "turn_id"),
+    )
+    reads = ("tree_conversations", "tree_messages")
+
+    def changes(self, event: DomainEvent, position: int) -> list[Op]:
+        if isinstance(event, Turn.Started):
+            cid = event.conversation_id
+            insert = self.q(
+                "INSERT INTO {tree_messages} (id, conversation_id, ordinal, parent_id, role, "
+                "content, reasoning, status, model, turn_id, created_at) SELECT %s, %s, %s, %s, "
+                "%s, %s, '', %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM {tree_conversations} WHERE"
+                " id = %s AND NOT deleted)"
+            )
+            ops: list[Op] = []
+            answer_parent = event.parent_id
+            if event.user_message_id is not None:
+                answer_parent = event.user_message_id
+                ops.append(
+                    (
+                        insert,
+                        (
+                            event.user_message_id,
+                            cid,
+                            2 * position,
+                            event.parent_id,
+                            "user",
+                            event.content,
+                            "complete",
+                            None,
+                            event.originator_id,
+                            event.timestamp,
+                            cid,
+                        ),
+                    )
+                )
+            if event.mode == "continue":
+                ops.append(
+                    (
+                        self.q(
+                            "UPDATE {tree_messages} SET status = 'streaming', turn_id = %s, model "
+                            "= %s WHERE id = %s AND conversation_id = %s"
+                        ),
+                        (event.originator_id, event.model, event.assistant_message_id, cid),
+                    )
+                )
+            else:
+                ops.append(
+                    (
+                        insert,
+                        (
+                            event.assistant_message_id,
+                            cid,
+                            2 * position + 1,
+                            answer_parent,
+                            "assistant",
+                            event.prefix,
+                            "streaming",
+                            event.model,
+                            event.originator_id,
+                            event.timestamp,
+                            cid,
+                        ),
+                    )
+                )
+            ops.append(
+                (
+                    self.q(
+                        "UPDATE {tree_conversations} SET current_leaf_id = %s, active_turn_id = "
+                        "%s, updated_at = greatest(updated_at, %s) WHERE id = %s AND NOT deleted"
+                    ),
+                    (event.assistant_message_id, event.originator_id, event.timestamp, cid),
+                )
+            )
+            return ops
+        if isinstance(event, Turn.Titled):
+            return [
+                (
+                    self.q(
+                        "UPDATE {tree_conversations} SET title = coalesce(title, %s) WHERE "
+                        "active_turn_id = %s"
+                    ),
+                    (event.title, event.originator_id),
+                )
+            ]
+        if isinstance(event, Turn.Finished | Turn.Failed):
+            if isinstance(event, Turn.Finished):
+                status = "complete" if event.status == "completed" else "interrupted"
+                finish_reason, error_code = event.finish_reason, None
+            else:
+                status, finish_reason, error_code = "failed", None, event.code
+            usage = event.usage
+            return [
+                (
+                    self.q(
+                        "UPDATE {tree_messages} SET content = %s, reasoning = CASE WHEN %s = '' "
+                        "THEN reasoning ELSE %s END, status = %s, prompt_tokens = %s, "
+                        "completion_tokens = %s, estimated = %s, finish_reason = %s, error_code = "
+                        "%s WHERE turn_id = %s AND role = 'assistant'"
+                    ),
+                    (
+                        event.text,
+                        event.reasoning,
+                        event.reasoning,
+                        status,
+                        None if usage is None else usage.prompt_tokens,
+                        None if usage is None else usage.completion_tokens,
+                        None if usage is None else usage.estimated,
+                        finish_reason,
+                        error_code,
+                        event.originator_id,
+                    ),
+                ),
+                (
+                    self.q(
+                        "UPDATE {tree_conversations} SET active_turn_id = NULL, updated_at = "
+                        "greatest(updated_at, %s) WHERE active_turn_id = %s"
+                    ),
+                    (event.timestamp, event.originator_id),
+                ),
+            ]
+        if isinstance(event, Conversation.Created):
+            return [
+                (
+                    self.q(
+                        "INSERT INTO {tree_conversations} (id, tenant, owner, model, title, "
+                        "system_prompt, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, "
+                        "%s, %s)"
+                    ),
+                    (
+                        event.originator_id,
+                        event.tenant,
+                        event.owner,
+                        event.model,
+                        event.title,
+                        event.system_prompt,
+                        event.timestamp,
+                        event.timestamp,
+                    ),
+                )
+            ]
+        if isinstance(event, Conversation.Renamed):
+            return [
+                (
+                    self.q(
+                        "UPDATE {tree_conversations} SET title = %s, updated_at = "
+                        "greatest(updated_at, %s) WHERE id = %s AND NOT deleted"
+                    ),
+                    (event.title, event.timestamp, event.originator_id),
+                )
+            ]
+        if isinstance(event, Conversation.Deleted):
+            return [
+                (
+                    self.q(
+                        "UPDATE {tree_conversations} SET deleted = true, updated_at = "
+                        "greatest(updated_at, %s) WHERE id = %s"
+                    ),
+                    (event.timestamp, event.originator_id),
+                ),
+                (
+                    self.q("DELETE FROM {tree_messages} WHERE conversation_id = %s"),
+                    (event.originator_id,),
+                ),
+            ]
+        return []

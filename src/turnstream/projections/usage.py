@@ -1,0 +1,100 @@
+"""Usage counters: turns and tokens per tenant, user and model, per UTC day and ISO week.
+
+A turn counts in the day and the week (starting Monday, UTC) in which it started; its
+tokens are added when it ends, from the usage its terminal event carries. Totals per
+tenant or per model are sums over these rows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import ClassVar
+
+from turnstream.domain.events import DomainEvent
+from turnstream.domain.turn import Turn
+from turnstream.projections.base import BatchProjection, Op
+
+PERIODS = ("day", "week")
+
+
+def period_starts(moment: datetime) -> tuple[date, date]:
+    """The UTC day of ``moment`` and the Monday starting its ISO week."""
+    day = moment.astimezone(UTC).date()
+    return day, day - timedelta(days=day.weekday())
+
+
+class UsageCounters(BatchProjection):
+    name = "usage"
+    topics = (Turn.Started.TOPIC, Turn.Finished.TOPIC, Turn.Failed.TOPIC)
+    tables: ClassVar[dict[str, str]] = {
+        "usage_counters": (
+            "tenant text NOT NULL, user_id text NOT NULL, model text NOT NULL,"
+            " period text NOT NULL, period_start date NOT NULL,"
+            " turns bigint NOT NULL DEFAULT 0, prompt_tokens bigint NOT NULL DEFAULT 0,"
+            " completion_tokens bigint NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (tenant, user_id, period, period_start, model)"
+        ),
+        # Turns still running: where their tokens will be counted.
+        "usage_running": (
+            "turn_id uuid PRIMARY KEY, tenant text NOT NULL, user_id text NOT NULL,"
+            " model text NOT NULL, day date NOT NULL, week date NOT NULL"
+        ),
+    }
+    reads = ("usage_counters",)
+
+    def changes(self, event: DomainEvent, position: int) -> list[Op]:
+        if isinstance(event, Turn.Started):
+            day, week = period_starts(event.timestamp)
+            ops: list[Op] = [
+                (
+                    self.q(
+                        "INSERT INTO {usage_running} (turn_id, tenant, user_id, model, day, week) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)"
+                    ),
+                    (event.originator_id, event.tenant, event.user_id, event.model, day, week),
+                )
+            ]
+            for period, start in zip(PERIODS, (day, week), strict=True):
+                ops.append(
+                    (
+                        self.q(
+                            "INSERT INTO {usage_counters} (tenant, user_id, model, period, "
+                            "period_start, turns) VALUES (%s, %s, %s, %s, %s, 1) ON CONFLICT "
+                            "(tenant, user_id, period, period_start, model) DO UPDATE SET turns = "
+                            "{usage_counters}.turns + 1"
+                        ),
+                        (event.tenant, event.user_id, event.model, period, start),
+                    )
+                )
+            return ops
+        if isinstance(event, Turn.Finished | Turn.Failed):
+            usage = event.usage
+            if usage is None or not (usage.prompt_tokens or usage.completion_tokens):
+                return [
+                    (
+                        self.q("DELETE FROM {usage_running} WHERE turn_id = %s"),
+                        (event.originator_id,),
+                    )
+                ]
+            add = (
+                "INSERT INTO {usage_counters} (tenant, user_id, model, period, period_start,"
+                " prompt_tokens, completion_tokens)"
+                " SELECT tenant, user_id, model, %s, PERIOD, %s, %s FROM {usage_running}"
+                " WHERE turn_id = %s ON CONFLICT (tenant, user_id, period, period_start, model)"
+                " DO UPDATE SET"
+                " prompt_tokens = {usage_counters}.prompt_tokens + excluded.prompt_tokens,"
+                " completion_tokens = {usage_counters}.completion_tokens"
+                " + excluded.completion_tokens"
+            )
+            ops = [
+                (
+                    self.q(add.replace("PERIOD", period)),
+                    (period, usage.prompt_tokens, usage.completion_tokens, event.originator_id),
+                )
+                for period in PERIODS
+            ]
+            ops.append(
+                (self.q("DELETE FROM {usage_running} WHERE turn_id = %s"), (event.originator_id,))
+            )
+            return ops
+        return []
