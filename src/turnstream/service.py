@@ -13,6 +13,7 @@ import contextvars
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +43,6 @@ from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
 from turnstream.domain.writer import GroupWriter
 from turnstream.errors import (
     ConversationNotFound,
-    Invalid,
-    MessageNotFound,
     ModelUnavailable,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -53,11 +52,17 @@ from turnstream.errors import (
 )
 from turnstream.http.sse import PING, encode_frame
 from turnstream.ids import stable_id, uuid7
+from turnstream.modes import plan_turn
+from turnstream.projections.reader import Positions, Reader
+from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, ensure_projections
 from turnstream.projections.views import (
+    ActiveTurn,
+    ConversationPage,
     ConversationSummary,
     ConversationView,
+    conversation_page,
     conversation_view,
-    model_path,
+    decode_cursor,
     summary,
 )
 from turnstream.providers import Providers
@@ -93,6 +98,8 @@ class RunningTurn:
     messages: list[ChatMessage]
     first_turn: bool
     title: str | None
+    prefix: str = ""
+    reasoning_prefix: str = ""
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
     text: list[str] = field(default_factory=list)
@@ -152,6 +159,10 @@ class ChatService:
         self.relay: Relay | None = None
         self.relay_process: RelayProcess | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self.reader = Reader(app)
+        self.positions = Positions(app, self.reader)
+        self.workers: list[tuple[ProjectionWorker, threading.Thread]] = []
+        self.projections_process: RelayProcess | None = None
         self._ready = False
 
     # Lifecycle.
@@ -159,6 +170,24 @@ class ChatService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.run(self._take_lease)
+        await self.run(ensure_projections, self.app)
+        self.positions.start()
+        if self.settings.projections and self.settings.projections_process:
+            self.projections_process = RelayProcess(
+                os.environ | self.settings.to_env(database_url=self.app.database_url),
+                command=("projections", "run"),
+            )
+            self.projections_process.start()
+        elif self.settings.projections:
+            for projection in PROJECTIONS.values():
+                worker = ProjectionWorker(
+                    self.app, projection, takeover_s=self.settings.relay_takeover_s
+                )
+                thread = threading.Thread(
+                    target=worker.run_forever, name=f"projection-{projection.name}", daemon=True
+                )
+                thread.start()
+                self.workers.append((worker, thread))
         self.writer.start()
         self._janitor = asyncio.create_task(self._janitor_loop(), name="turnstream-janitor")
         if self.link is not None:
@@ -205,6 +234,13 @@ class ChatService:
             self.relay.drain()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._relay_task), 5.0)
+        if self.projections_process is not None:
+            await self.projections_process.stop()
+        for worker, _ in self.workers:
+            worker.stop()
+        for _, thread in self.workers:
+            await asyncio.to_thread(thread.join, 5.0)
+        await self.positions.stop()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -274,19 +310,45 @@ class ChatService:
             raise ConversationNotFound(conversation_id)
         return conversation
 
-    async def conversation_view(self, caller: Caller, conversation_id: UUID) -> ConversationView:
-        conversation = await self.conversation(caller, conversation_id)
-        turns = await self.run(self._turns_of, conversation_id)
-        return conversation_view(conversation, turns)
+    async def caught_up(self, name: str) -> None:
+        """Wait until projection ``name`` holds every event committed before this call.
 
-    def _turns_of(self, conversation_id: UUID) -> list[Turn]:
-        turns = []
-        for i, row in enumerate(self.app.conversation_turns(conversation_id)):
-            # The first turn is read whole: it carries the title event.
-            turn = self.app.turn_summary(row.turn_id, row.ended and i > 0)
-            if turn is not None:
-                turns.append(turn)
-        return turns
+        Read your writes: a client that saw a turn's terminal frame, or got 2xx for a
+        rename, then reads, sees it. Waits on the position the worker announces.
+        """
+        _, pending = await self.run(self.reader.pending, name)
+        if pending is None:
+            return
+        if not await self.positions.wait(name, pending, self.settings.projection_wait_s):
+            raise ServiceUnavailable("The read model is catching up; try again shortly.")
+
+    async def _tree(self, caller: Caller, conversation_id: UUID) -> dict[str, Any]:
+        """The caller's conversation row of the message tree (404 for anyone else's)."""
+        await self.caught_up("tree")
+        row = await self.run(self.reader.conversation, conversation_id)
+        if row is None or row["tenant"] != caller.tenant or row["owner"] != caller.user_id:
+            raise ConversationNotFound(conversation_id)
+        return row
+
+    async def conversation_view(self, caller: Caller, conversation_id: UUID) -> ConversationView:
+        row = await self._tree(caller, conversation_id)
+        messages = await self.run(self.reader.messages, conversation_id)
+        active: ActiveTurn | None = None
+        if row["active_turn_id"] is not None:
+            turn_id = row["active_turn_id"]
+            last_seq = await self.run(self.app.store.last_version, turn_id)
+            active = ActiveTurn(turn_id=turn_id, last_seq=last_seq)
+        return conversation_view(row, messages, active)
+
+    async def list_conversations(
+        self, caller: Caller, limit: int, cursor: str | None
+    ) -> ConversationPage:
+        after = decode_cursor(cursor) if cursor else None
+        await self.caught_up("conversations")
+        rows = await self.run(
+            self.reader.conversations, caller.tenant, caller.user_id, limit + 1, after
+        )
+        return conversation_page(rows, limit)
 
     async def rename(self, caller: Caller, conversation_id: UUID, title: str) -> None:
         conversation = await self.conversation(caller, conversation_id)
@@ -304,18 +366,13 @@ class ChatService:
         With a ``request_id`` already used in this conversation, returns that turn
         instead of starting another generation.
         """
-        conversation = await self.conversation(caller, conversation_id)
-        if request.mode != "message":
-            raise Invalid(f"Mode {request.mode!r} is not supported yet.")
-        content = (request.content or "").strip()
-        if not content:
-            raise Invalid("A message needs non-empty 'content'.")
-        if len(request.content or "") > self.settings.max_content_chars:
+        conversation = await self._tree(caller, conversation_id)
+        if request.content is not None and len(request.content) > self.settings.max_content_chars:
             raise PayloadTooLarge(
                 f"A message has at most {self.settings.max_content_chars} characters.",
                 max_chars=self.settings.max_content_chars,
             )
-        model_id = request.model or conversation.model
+        model_id = request.model or conversation["model"]
         model = self.models.get(model_id)
         if model is None:
             if request.model is not None:
@@ -326,16 +383,15 @@ class ChatService:
             row = await self.run(self.app.store.turn_row, turn_id)
             if row is not None and row.conversation_id == conversation_id:
                 return turn_id
-        turns = await self.run(self._turns_of, conversation_id)
-        leaf = turns[-1].started.assistant_message_id if turns else None
-        parent_id = request.parent_id or leaf
-        if request.parent_id is not None and request.parent_id not in {
-            t.started.assistant_message_id for t in turns
-        }:
-            raise MessageNotFound(request.parent_id)
-        path = model_path(conversation, turns)
-        messages = [ChatMessage(role, text) for role, text in path]  # type: ignore[arg-type]
-        messages.append(ChatMessage("user", content))
+        messages = {m["id"]: m for m in await self.run(self.reader.messages, conversation_id)}
+        plan = plan_turn(request, messages, conversation["current_leaf_id"])
+        system_prompt = conversation["system_prompt"]
+        path = [ChatMessage("system", system_prompt)] if system_prompt else []
+        path += [ChatMessage(m["role"], m["content"]) for m in plan.history if m["content"]]
+        if plan.content is not None:
+            path.append(ChatMessage("user", plan.content))
+        if plan.prefix:
+            path.append(ChatMessage("assistant", plan.prefix))
         started = Turn.Started(
             originator_id=turn_id,
             originator_version=1,
@@ -344,13 +400,15 @@ class ChatService:
             tenant=caller.tenant,
             user_id=caller.user_id,
             node_id=self.node_id,
-            mode="message",
-            user_message_id=uuid7(),
-            assistant_message_id=uuid7(),
-            parent_id=parent_id,
+            mode=request.mode,
+            user_message_id=uuid7() if plan.content is not None else None,
+            assistant_message_id=plan.assistant_message_id or uuid7(),
+            parent_id=plan.parent_id,
             model=model.id,
             request_id=request.request_id,
-            content=content,
+            content=plan.content or "",
+            prefix=plan.prefix,
+            reasoning_prefix=plan.reasoning_prefix,
         )
         try:
             await self.run(self._record_start, started)
@@ -368,9 +426,11 @@ class ChatService:
         running_turn = RunningTurn(
             started=started,
             model=model,
-            messages=messages,
-            first_turn=not turns,
-            title=conversation.title,
+            messages=path,
+            first_turn=not messages,
+            title=conversation["title"],
+            prefix=plan.prefix,
+            reasoning_prefix=plan.reasoning_prefix,
         )
         self.running[turn_id] = running_turn
         self.bus.open(turn_id)
@@ -559,6 +619,20 @@ class ChatService:
         usage: Usage | None = None
         finish_reason = "stop"
         title_task: asyncio.Task[str] | None = None
+
+        def title_now() -> None:
+            """A first turn that ends early is titled all the same, before its end."""
+            nonlocal title_task
+            if title_task is None:
+                return
+            task, title_task = title_task, None
+            if task.done() and not task.cancelled() and task.exception() is None:
+                title = task.result()
+            else:
+                task.cancel()
+                title = turn.title or heuristic_title(turn.started.content)
+            submit(turn_id, Turn.Titled, title=title)
+
         try:
             if turn.first_turn:
                 title_task = self._title_task(turn)
@@ -588,44 +662,47 @@ class ChatService:
                 turn_id,
                 Turn.Finished,
                 status="completed",
-                text=text,
-                reasoning=reasoning,
+                text=turn.prefix + text,
+                reasoning=turn.reasoning_prefix + reasoning,
                 finish_reason=finish_reason,
                 usage=_usage(usage),
             )
         except asyncio.CancelledError:
             if turn.cancel_reason is None:
                 raise
+            title_now()
             text, reasoning = "".join(turn.text), "".join(turn.reasoning)
             submit(
                 turn_id,
                 Turn.Finished,
                 status="interrupted",
-                text=text,
-                reasoning=reasoning,
+                text=turn.prefix + text,
+                reasoning=turn.reasoning_prefix + reasoning,
                 finish_reason=turn.cancel_reason,
                 usage=_usage(estimate_usage(turn.messages, text, reasoning)),
             )
         except ProviderError as exc:
+            title_now()
             text, reasoning = "".join(turn.text), "".join(turn.reasoning)
             submit(
                 turn_id,
                 Turn.Failed,
                 code=exc.code,
                 message=str(exc),
-                text=text,
-                reasoning=reasoning,
+                text=turn.prefix + text,
+                reasoning=turn.reasoning_prefix + reasoning,
                 usage=_usage(estimate_usage(turn.messages, text, reasoning)),
             )
         except Exception:
             log.exception("turn %s failed", turn_id)
+            title_now()
             submit(
                 turn_id,
                 Turn.Failed,
                 code="internal_error",
                 message="The turn failed unexpectedly.",
-                text="".join(turn.text),
-                reasoning="".join(turn.reasoning),
+                text=turn.prefix + "".join(turn.text),
+                reasoning=turn.reasoning_prefix + "".join(turn.reasoning),
             )
         finally:
             if title_task is not None:

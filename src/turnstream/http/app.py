@@ -18,9 +18,12 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from turnstream.auth import Caller, verify
 from turnstream.errors import Invalid
+from turnstream.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from turnstream.http.metrics import Metrics
 from turnstream.http.problems import EXCEPTION_HANDLERS, problem
 from turnstream.http.sse import HEADERS
-from turnstream.projections.views import ConversationSummary, ConversationView
+from turnstream.projections.runner import status as projection_status
+from turnstream.projections.views import ConversationPage, ConversationSummary, ConversationView
 from turnstream.service import ChatService, TurnRequest
 
 EVENT_STREAM = "text/event-stream"
@@ -116,6 +119,24 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(Health(status="ok", checks=checks))
 
 
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics: projection lag and positions",
+    media_type=METRICS_CONTENT_TYPE,
+)
+async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
+    service = _service(request)
+    try:
+        projections = await service.run(projection_status, service.app)
+    except Exception:  # the store is down: say so, as /readyz does
+        return problem(
+            503, "service_unavailable", "Service unavailable", "PostgreSQL not reachable."
+        )
+    body = request.app.state.metrics.render(projections)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+
 @get("/models", tags=["models"], summary="The configured models")
 async def list_models(service: ChatService, caller: Caller) -> ModelList:
     return ModelList(
@@ -140,6 +161,20 @@ async def create_conversation(
     return await service.create_conversation(
         caller, model=data.model, title=data.title, system_prompt=data.system_prompt
     )
+
+
+@get(
+    "/conversations",
+    tags=["conversations"],
+    summary="The caller's conversations, newest activity first (cursor pagination)",
+)
+async def list_conversations(
+    service: ChatService,
+    caller: Caller,
+    limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Parameter(query="cursor", max_length=200)] = None,
+) -> ConversationPage:
+    return await service.list_conversations(caller, limit, cursor)
 
 
 @get("/conversations/{cid:uuid}", tags=["conversations"], summary="A conversation and its messages")
@@ -255,6 +290,7 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
         route_handlers=[
             list_models,
             create_conversation,
+            list_conversations,
             get_conversation,
             rename_conversation,
             delete_conversation,
@@ -267,7 +303,7 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[healthz, readyz, v1],
+        route_handlers=[healthz, readyz, metrics, v1],
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
@@ -288,4 +324,5 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
     )
     app.state.service = service
     app.state.jwt_secret = jwt_secret
+    app.state.metrics = Metrics()
     return app
