@@ -196,6 +196,7 @@ def test_cancel_interrupts_the_turn_and_keeps_its_partial_text(make_server: Serv
         headers=server.headers(),
         timeout=60,
     ) as r:
+        assert r.status_code == 200, r.read()
         frames: list[Frame] = []
         cancelled = False
         for item in parse_sse(r.iter_lines()):
