@@ -85,7 +85,8 @@ def one_event_of_each_type() -> list[tuple[DomainEvent, Any, Any]]:
     conversation_events = [
         conversation(Conversation.Created, 1, tenant="acme", owner="alice", model="demo"),
         conversation(Conversation.Renamed, 2, title="Renamed"),
-        conversation(Conversation.Deleted, 3),
+        conversation(Conversation.Claimed, 3, owner="bob", previous_owner="guest-1"),
+        conversation(Conversation.Deleted, 4),
     ]
     assert {type(e) for e in turn_events} == set(TURN_EVENTS)
     assert {type(e) for e in conversation_events} == set(CONVERSATION_EVENTS)

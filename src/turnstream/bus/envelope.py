@@ -39,6 +39,7 @@ CONVERSATION_EVENTS: tuple[type[ConversationEvent], ...] = (
     Conversation.Created,
     Conversation.Renamed,
     Conversation.Deleted,
+    Conversation.Claimed,
 )
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     **{cls.SUBJECT_TYPE: cls for cls in TURN_EVENTS},
@@ -57,7 +58,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     """``<stream_id>:<seq>``: the event's identity (and its ``Nats-Msg-Id``)."""
     type: str
     """``turn_started``, ``token``, ``reasoning``, ``title``, ``final``, ``error``;
-    ``created``, ``renamed``, ``deleted``."""
+    ``created``, ``renamed``, ``deleted``, ``claimed``."""
     tenant: str
     conversation_id: UUID
     turn_id: UUID | None

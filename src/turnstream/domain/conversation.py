@@ -44,6 +44,17 @@ class Conversation:
         TOPIC = "turnstream.conversation.deleted.v1"
         SUBJECT_TYPE = "deleted"
 
+    class Claimed(ConversationEvent, frozen=True, kw_only=True):
+        """A guest's conversation moved to the user who signed in (same tenant)."""
+
+        TOPIC = "turnstream.conversation.claimed.v1"
+        SUBJECT_TYPE = "claimed"
+
+        owner: str
+        """The new owner."""
+        previous_owner: str
+        """The guest it came from."""
+
     def __init__(self, created: Conversation.Created) -> None:
         self.id = created.originator_id
         self.version = created.originator_version
@@ -63,6 +74,8 @@ class Conversation:
             self.title = event.title
         elif isinstance(event, Conversation.Deleted):
             self.deleted = True
+        elif isinstance(event, Conversation.Claimed):
+            self.owner = event.owner
 
     @classmethod
     def fold(cls, events: Iterable[ConversationEvent]) -> Conversation | None:
@@ -111,6 +124,16 @@ class Conversation:
         self.check_not_deleted()
         return Conversation.Deleted(
             originator_id=self.id, originator_version=self.version + 1, timestamp=utcnow()
+        )
+
+    def claim(self, owner: str) -> Conversation.Claimed:
+        self.check_not_deleted()
+        return Conversation.Claimed(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=utcnow(),
+            owner=owner,
+            previous_owner=self.owner,
         )
 
     def check_not_deleted(self) -> None:

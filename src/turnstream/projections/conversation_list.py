@@ -100,6 +100,17 @@ class ConversationList(BatchProjection):
                     (event.title, event.timestamp, event.originator_id),
                 )
             ]
+        if isinstance(event, Conversation.Claimed):
+            # The conversation moves to the new owner's list, as their latest activity.
+            return [
+                (
+                    self.q(
+                        "UPDATE {conversation_list} SET owner = %s, updated_at = "
+                        "greatest(updated_at, %s) WHERE id = %s"
+                    ),
+                    (event.owner, event.timestamp, event.originator_id),
+                )
+            ]
         if isinstance(event, Conversation.Deleted):
             return [
                 (self.q("DELETE FROM {conversation_list} WHERE id = %s"), (event.originator_id,))

@@ -20,6 +20,7 @@ CONVERSATION_TOPICS = (
     Conversation.Created.TOPIC,
     Conversation.Renamed.TOPIC,
     Conversation.Deleted.TOPIC,
+    Conversation.Claimed.TOPIC,
 )
 TURN_TOPICS = (Turn.Started.TOPIC, Turn.Titled.TOPIC, Turn.Finished.TOPIC, Turn.Failed.TOPIC)
 
@@ -195,6 +196,13 @@ class MessageTree(BatchProjection):
                         "greatest(updated_at, %s) WHERE id = %s AND NOT deleted"
                     ),
                     (event.title, event.timestamp, event.originator_id),
+                )
+            ]
+        if isinstance(event, Conversation.Claimed):
+            return [
+                (
+                    self.q("UPDATE {tree_conversations} SET owner = %s WHERE id = %s"),
+                    (event.owner, event.originator_id),
                 )
             ]
         if isinstance(event, Conversation.Deleted):
