@@ -261,8 +261,9 @@ class ProjectionWorker:
         """
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
+            # One packet may carry several notifications: any but a deltas one wakes.
             heard = [n.payload for n in conn.notifies(timeout=remaining, stop_after=1)]
-            if not heard or heard[0] != DELTAS_ONLY:
+            if not heard or any(payload != DELTAS_ONLY for payload in heard):
                 return
 
     def _follow(self, conn: psycopg.Connection[Any]) -> None:
