@@ -27,7 +27,7 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.roles
+        return "admin" in self.roles and not self.guest
 
 
 def mint(

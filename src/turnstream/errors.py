@@ -118,6 +118,27 @@ class LimitExceeded(TurnstreamError):
         self.retry_after = retry_after
 
 
+class TooManyTurns(LimitExceeded):
+    code = "too_many_turns"
+    title = "Too many running turns"
+
+
+class QuotaExhausted(LimitExceeded):
+    code = "quota_exhausted"
+    title = "Token quota exhausted"
+
+
+class LoginRequired(LimitExceeded):
+    code = "login_required"
+    title = "Login required"
+
+
+class ConversationFull(TurnstreamError):
+    status = 422
+    code = "conversation_full"
+    title = "Conversation full"
+
+
 class ServiceUnavailable(TurnstreamError):
     status = 503
     code = "service_unavailable"

@@ -12,12 +12,14 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
@@ -28,6 +30,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from psycopg.sql import SQL, Identifier
 
 from turnstream.auth import Caller
 from turnstream.bus.envelope import control_subject, decode_envelope, event_of, turn_wildcard
@@ -38,28 +41,45 @@ from turnstream.bus.relay_process import RelayProcess
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import utcnow
-from turnstream.domain.postgres import TurnIndexRow
+from turnstream.domain.postgres import Admission, Admitted, TurnIndexRow
 from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
 from turnstream.domain.writer import GroupWriter
 from turnstream.errors import (
+    ConversationFull,
     ConversationNotFound,
+    InputTooLong,
+    Invalid,
+    LimitExceeded,
+    LoginRequired,
     ModelUnavailable,
+    NotFound,
     PayloadTooLarge,
+    QuotaExhausted,
     ServiceUnavailable,
+    TooManyTurns,
     TurnInProgress,
     TurnNotFound,
     UnknownModel,
 )
+from turnstream.http.metrics import Metrics
 from turnstream.http.sse import PING, encode_frame
 from turnstream.ids import stable_id, uuid7
+from turnstream.limits import RateLimiter
 from turnstream.modes import plan_turn
+from turnstream.projections.base import lock_key
+from turnstream.projections.conversation_list import NEW_MESSAGES
 from turnstream.projections.reader import Positions, Reader
 from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, ensure_projections
+from turnstream.projections.usage import period_starts
 from turnstream.projections.views import (
     ActiveTurn,
     ConversationPage,
     ConversationSummary,
     ConversationView,
+    GuestAllowance,
+    UsageLimits,
+    UsagePeriod,
+    UsageReport,
     conversation_page,
     conversation_view,
     decode_cursor,
@@ -73,6 +93,7 @@ from turnstream.providers.base import (
     ReasoningDelta,
     TextDelta,
     Usage,
+    estimate_tokens,
     estimate_usage,
 )
 from turnstream.providers.title import heuristic_title, llm_title
@@ -89,6 +110,17 @@ LOCK_CLASS = 0x7475726E  # "turn": the advisory-lock namespace of node leases
 def node_lock_key(node_id: UUID) -> int:
     """The advisory lock a node holds for as long as it lives (a positive bigint)."""
     return (LOCK_CLASS << 32) | int.from_bytes(node_id.bytes[:4], "big")
+
+
+def _may(caller: Caller, tenant: str, owner: str, *, read: bool) -> bool:
+    """Whether ``caller`` may act on (or, with ``read``, read) a conversation."""
+    if tenant != caller.tenant:
+        return False
+    return owner == caller.user_id or (read and caller.is_admin)
+
+
+def _user_key(caller: Caller) -> str:
+    return f"{caller.tenant}/{caller.user_id}"
 
 
 @dataclass(eq=False)
@@ -122,7 +154,10 @@ class TurnRequest:
         message_id: UUID | None = None,
         request_id: str | None = None,
         model: str | None = None,
+        client: str = "unknown",
     ) -> None:
+        self.client = client
+        """The client's address (for the per-address rate limit)."""
         self.content = content
         self.mode = mode
         self.parent_id = parent_id
@@ -147,7 +182,9 @@ class ChatService:
         self.providers = providers
         self.node_id = uuid4()
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="turnstream-store")
-        self.bus = LocalBus(encode_frame)
+        self.metrics = Metrics()
+        self.encode_frame = functools.partial(encode_frame, padding=settings.sse_padding)
+        self.bus = LocalBus(self.encode_frame)
         self.writer = GroupWriter(
             app, self._committed, self._lost, max_batch=settings.writer_max_batch
         )
@@ -161,6 +198,12 @@ class ChatService:
         self._relay_task: asyncio.Task[None] | None = None
         self.reader = Reader(app)
         self.positions = Positions(app, self.reader)
+        self.limiter = RateLimiter(app.store.datastore.schema)
+        schema = Identifier(app.store.datastore.schema)
+        self._usage_views = (
+            SQL("{}.{}").format(schema, Identifier("usage_counters")),
+            SQL("{}.{}").format(schema, Identifier("usage_tracking")),
+        )
         self.workers: list[tuple[ProjectionWorker, threading.Thread]] = []
         self.projections_process: RelayProcess | None = None
         self._ready = False
@@ -171,6 +214,7 @@ class ChatService:
         self._loop = asyncio.get_running_loop()
         await self.run(self._take_lease)
         await self.run(ensure_projections, self.app)
+        await self.run(self._create_limits)
         self.positions.start()
         if self.settings.projections and self.settings.projections_process:
             self.projections_process = RelayProcess(
@@ -266,6 +310,29 @@ class ChatService:
     async def check_nats(self) -> bool:
         return self.link is not None and await self.link.ping()
 
+    async def check_projections(self) -> bool:
+        """Whether a worker (of any node) leads each projection, so reads can catch up.
+
+        Only asked of a node that runs projection workers itself: until its child
+        process has started, a read after a write would wait for nothing.
+        """
+
+        def led() -> bool:
+            keys = [lock_key(self.app.store.datastore.schema, name) for name in PROJECTIONS]
+            with self.app.store.datastore.get_connection() as conn:
+                row = conn.execute(
+                    "SELECT count(DISTINCT (classid::bigint << 32) | objid::bigint) AS n"
+                    " FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                    " AND ((classid::bigint << 32) | objid::bigint) = ANY(%s)",
+                    (keys,),
+                ).fetchone()
+            return row is not None and int(row["n"]) == len(keys)
+
+        try:
+            return await asyncio.wait_for(self.run(led), timeout=3)
+        except Exception:  # any failure means "not ready"; the probe says no more
+            return False
+
     async def check_store(self) -> bool:
         def ping() -> bool:
             with self.app.store.datastore.get_connection() as conn:
@@ -303,10 +370,15 @@ class ChatService:
         assert conversation is not None
         return summary(conversation)
 
-    async def conversation(self, caller: Caller, conversation_id: UUID) -> Conversation:
-        """The caller's conversation; anything else is 'not found', never 'forbidden'."""
+    async def conversation(
+        self, caller: Caller, conversation_id: UUID, *, read: bool = False
+    ) -> Conversation:
+        """The caller's conversation; anything else is 'not found', never 'forbidden'.
+
+        ``read``: an admin may also read the conversations of their own tenant.
+        """
         conversation = await self.run(self.app.conversation, conversation_id)
-        if conversation.tenant != caller.tenant or conversation.owner != caller.user_id:
+        if not _may(caller, conversation.tenant, conversation.owner, read=read):
             raise ConversationNotFound(conversation_id)
         return conversation
 
@@ -322,16 +394,18 @@ class ChatService:
         if not await self.positions.wait(name, pending, self.settings.projection_wait_s):
             raise ServiceUnavailable("The read model is catching up; try again shortly.")
 
-    async def _tree(self, caller: Caller, conversation_id: UUID) -> dict[str, Any]:
+    async def _tree(
+        self, caller: Caller, conversation_id: UUID, *, read: bool = False
+    ) -> dict[str, Any]:
         """The caller's conversation row of the message tree (404 for anyone else's)."""
         await self.caught_up("tree")
         row = await self.run(self.reader.conversation, conversation_id)
-        if row is None or row["tenant"] != caller.tenant or row["owner"] != caller.user_id:
+        if row is None or not _may(caller, row["tenant"], row["owner"], read=read):
             raise ConversationNotFound(conversation_id)
         return row
 
     async def conversation_view(self, caller: Caller, conversation_id: UUID) -> ConversationView:
-        row = await self._tree(caller, conversation_id)
+        row = await self._tree(caller, conversation_id, read=True)
         messages = await self.run(self.reader.messages, conversation_id)
         active: ActiveTurn | None = None
         if row["active_turn_id"] is not None:
@@ -358,32 +432,110 @@ class ChatService:
         conversation = await self.conversation(caller, conversation_id)
         await self.run(self.app.record, conversation.delete())
 
+    async def claim(self, caller: Caller, guest: Caller, conversation_id: UUID) -> None:
+        """Move ``guest``'s conversation to the signed-in ``caller`` (same tenant)."""
+        if caller.guest:
+            raise Invalid("Sign in first: a guest cannot claim conversations.")
+        if not guest.guest:
+            raise Invalid("X-Guest-Token must be a guest token (from POST /v1/guest).")
+        conversation = await self.run(self.app.conversation, conversation_id)
+        if conversation.deleted or conversation.tenant != caller.tenant:
+            raise ConversationNotFound(conversation_id)
+        if conversation.owner == caller.user_id:
+            return  # claimed already: the same answer again
+        if guest.tenant != caller.tenant or conversation.owner != guest.user_id:
+            raise ConversationNotFound(conversation_id)
+        await self.run(self.app.record, conversation.claim(caller.user_id))
+
+    async def usage(self, caller: Caller) -> UsageReport:
+        """The caller's usage this UTC day and ISO week, with the limits and resets."""
+        await self.caught_up("usage")
+        day, week = period_starts(utcnow())
+        rows = await self.run(self.reader.usage, caller.tenant, caller.user_id, day, week)
+        totals = {r["period"]: r for r in rows}
+        settings = self.settings
+
+        def period(name: str, start: date, length: timedelta, limit: int) -> UsagePeriod:
+            row = totals.get(name, {})
+            prompt = int(row.get("prompt_tokens") or 0)
+            completion = int(row.get("completion_tokens") or 0)
+            begins = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
+            return UsagePeriod(
+                start=begins,
+                resets_at=begins + length,
+                turns=int(row.get("turns") or 0),
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=prompt + completion,
+                limit_tokens=limit or None,
+                remaining_tokens=max(0, limit - prompt - completion) if limit else None,
+            )
+
+        guest = None
+        if caller.guest:
+            used = await self.run(self.app.store.turns_of, _user_key(caller))
+            allowed = settings.guest_messages
+            guest = GuestAllowance(messages=allowed, used=used, remaining=max(0, allowed - used))
+        return UsageReport(
+            day=period("day", day, timedelta(days=1), settings.limit_daily_tokens),
+            week=period("week", week, timedelta(days=7), settings.limit_weekly_tokens),
+            limits=UsageLimits(
+                messages_per_minute=settings.limit_messages_per_minute or None,
+                message_chars=settings.limit_message_chars or None,
+                conversation_messages=settings.limit_conversation_messages or None,
+                concurrent_turns=settings.limit_concurrent_turns or None,
+                daily_tokens=settings.limit_daily_tokens or None,
+                weekly_tokens=settings.limit_weekly_tokens or None,
+            ),
+            guest=guest,
+        )
+
+    async def guest_allowed(self, client: str) -> None:
+        """Guest tokens are handed out under the per-address rate limit."""
+        if not self.settings.guest_messages:
+            raise NotFound("Guests are not enabled on this service.")
+        per_minute = self.settings.limit_messages_per_minute
+        if per_minute:
+            retry_after = await self.run(self._take, [f"guest:{client}"], per_minute)
+            if retry_after:
+                raise LimitExceeded(
+                    f"At most {per_minute} guest sessions a minute from one address.",
+                    retry_after=retry_after,
+                    limit=per_minute,
+                )
+
     # Turns.
 
     async def start_turn(self, caller: Caller, conversation_id: UUID, request: TurnRequest) -> UUID:
-        """Validate, record ``turn.started`` and launch the runner; returns the turn id.
+        """Validate, check the limits, record ``turn.started`` and launch the runner.
 
-        With a ``request_id`` already used in this conversation, returns that turn
-        instead of starting another generation.
+        Returns the turn id. With a ``request_id`` already used in this conversation,
+        returns that turn instead of starting another generation. Every check runs
+        before anything is stored or streamed.
         """
         conversation = await self._tree(caller, conversation_id)
-        if request.content is not None and len(request.content) > self.settings.max_content_chars:
-            raise PayloadTooLarge(
-                f"A message has at most {self.settings.max_content_chars} characters.",
-                max_chars=self.settings.max_content_chars,
-            )
+        turn_id = stable_id(conversation_id, request.request_id) if request.request_id else uuid7()
+        if request.request_id and await self._is_turn_of(turn_id, conversation_id):
+            return turn_id
+        limit = self.settings.limit_message_chars
+        if limit and request.content is not None and len(request.content) > limit:
+            raise PayloadTooLarge(f"A message has at most {limit} characters.", max_chars=limit)
+        if caller.guest and not self.settings.guest_messages:
+            raise LoginRequired("Guests cannot send messages here; sign in.", retry_after=3600)
+        await self._rate_limit(caller, request.client)
         model_id = request.model or conversation["model"]
         model = self.models.get(model_id)
         if model is None:
             if request.model is not None:
                 raise UnknownModel(model_id)
             raise ModelUnavailable(f"The conversation's model {model_id!r} is no longer served.")
-        turn_id = stable_id(conversation_id, request.request_id) if request.request_id else uuid7()
-        if request.request_id:
-            row = await self.run(self.app.store.turn_row, turn_id)
-            if row is not None and row.conversation_id == conversation_id:
-                return turn_id
         messages = {m["id"]: m for m in await self.run(self.reader.messages, conversation_id)}
+        limit = self.settings.limit_conversation_messages
+        if limit and len(messages) + NEW_MESSAGES[request.mode] > limit:
+            raise ConversationFull(
+                f"A conversation holds at most {limit} messages; start a new one.",
+                max_messages=limit,
+            )
         plan = plan_turn(request, messages, conversation["current_leaf_id"])
         system_prompt = conversation["system_prompt"]
         path = [ChatMessage("system", system_prompt)] if system_prompt else []
@@ -392,6 +544,14 @@ class ChatService:
             path.append(ChatMessage("user", plan.content))
         if plan.prefix:
             path.append(ChatMessage("assistant", plan.prefix))
+        estimate = sum(estimate_tokens(m.content) + 4 for m in path)
+        if model.max_input_tokens is not None and estimate > model.max_input_tokens:
+            raise InputTooLong(
+                f"This turn's input is about {estimate} tokens; {model.id!r} takes at most"
+                f" {model.max_input_tokens}. Start a new conversation or branch higher up.",
+                estimated_tokens=estimate,
+                max_input_tokens=model.max_input_tokens,
+            )
         started = Turn.Started(
             originator_id=turn_id,
             originator_version=1,
@@ -410,19 +570,22 @@ class ChatService:
             prefix=plan.prefix,
             reasoning_prefix=plan.reasoning_prefix,
         )
+        admission = self._admission(caller, started, estimate + self._output_worth(model, estimate))
         try:
-            await self.run(self._record_start, started)
+            admitted = await self.run(self._record_start, started, admission)
         except IntegrityError:
             running = await self.run(self.app.store.running_turn, conversation_id)
-            if request.request_id:
-                row = await self.run(self.app.store.turn_row, turn_id)
-                if row is not None and row.conversation_id == conversation_id:
-                    return turn_id
+            if request.request_id and await self._is_turn_of(turn_id, conversation_id):
+                return turn_id
             if running is not None:
                 raise TurnInProgress(running) from None
             raise ServiceUnavailable("The turn could not be started; try again.") from None
         except (psycopg.OperationalError, OSError):
             raise ServiceUnavailable("The event store is unavailable; try again.") from None
+        if admitted.position is None:
+            if request.request_id and await self._is_turn_of(turn_id, conversation_id):
+                return turn_id  # the same request, started by a concurrent POST
+            raise self._refusal(admission, admitted)
         running_turn = RunningTurn(
             started=started,
             model=model,
@@ -440,22 +603,116 @@ class ChatService:
         )
         return turn_id
 
-    def _record_start(self, started: Turn.Started) -> int:
+    async def _is_turn_of(self, turn_id: UUID, conversation_id: UUID) -> bool:
+        row = await self.run(self.app.store.turn_row, turn_id)
+        return row is not None and row.conversation_id == conversation_id
+
+    # Limits.
+
+    def _create_limits(self) -> None:
+        with self.app.connect() as conn:
+            self.limiter.create(conn)
+
+    async def _rate_limit(self, caller: Caller, client: str) -> None:
+        """The per-minute limit, per user and per client address (429 rate_limited)."""
+        per_minute = self.settings.limit_messages_per_minute
+        if not per_minute:
+            return
+        keys = [f"user:{_user_key(caller)}", f"addr:{client}"]
+        retry_after = await self.run(self._take, keys, per_minute)
+        if retry_after:
+            raise LimitExceeded(
+                f"At most {per_minute} messages a minute; try again in {retry_after} s.",
+                retry_after=retry_after,
+                limit=per_minute,
+            )
+
+    def _take(self, keys: list[str], per_minute: int) -> int:
         with self.app.store.datastore.get_connection() as conn:
-            return self.app.start_turn(conn, started)
+            return self.limiter.take(conn, keys, per_minute)
+
+    def _output_worth(self, model: ModelConfig, estimate: int) -> int:
+        """The most output tokens a turn on ``model`` may produce (for the quotas)."""
+        if model.max_output_tokens is not None:
+            return model.max_output_tokens
+        if model.provider == "demo":
+            return self.settings.demo_tokens * 2  # its answer and its reasoning
+        return max(0, model.context_window - estimate)
+
+    def _admission(self, caller: Caller, started: Turn.Started, worth: int) -> Admission:
+        settings = self.settings
+        day, week = period_starts(started.timestamp)
+        counters, tracking = self._usage_views
+        return Admission(
+            tenant=caller.tenant,
+            user_id=caller.user_id,
+            reserve=worth,
+            max_running=settings.limit_concurrent_turns,
+            max_turns=settings.guest_messages if caller.guest else 0,
+            quota_day=settings.limit_daily_tokens,
+            quota_week=settings.limit_weekly_tokens,
+            day=day,
+            week=week,
+            usage_counters=counters,
+            usage_tracking=tracking,
+        )
+
+    def _refusal(self, a: Admission, f: Admitted) -> LimitExceeded:
+        """Which limit refused a turn, with when to try again."""
+        now = utcnow()
+        if a.max_turns and f.turns >= a.max_turns:
+            return LoginRequired(
+                f"A guest may send {a.max_turns} messages; sign in to go on.",
+                retry_after=self.settings.guest_token_ttl_s,
+                limit=a.max_turns,
+            )
+        if a.max_running and f.running >= a.max_running:
+            return TooManyTurns(
+                f"At most {a.max_running} turns may run at once; wait for one to end.",
+                retry_after=max(1, math.ceil(self.settings.demo_tokens / 60)),
+                limit=a.max_running,
+            )
+        for quota, used, start, length, name in (
+            (a.quota_day, f.used_day, a.day, timedelta(days=1), "daily"),
+            (a.quota_week, f.used_week, a.week, timedelta(days=7), "weekly"),
+        ):
+            if not quota or used + f.pending < quota:
+                continue
+            assert start is not None
+            resets = datetime.combine(start, datetime.min.time(), tzinfo=UTC) + length
+            if used >= quota:
+                wait = max(1, math.ceil((resets - now).total_seconds()))
+                detail = (
+                    f"The {name} quota of {quota} tokens is used up until"
+                    f" {resets:%Y-%m-%d %H:%M} UTC."
+                )
+            else:
+                wait = 5
+                detail = (
+                    f"The {name} quota of {quota} tokens is held by turns still running;"
+                    " try again when they end."
+                )
+            return QuotaExhausted(
+                detail, retry_after=wait, limit=quota, used=used, resets_at=resets.isoformat()
+            )
+        return TooManyTurns("The turn could not be admitted; try again.", retry_after=1)
+
+    def _record_start(self, started: Turn.Started, admission: Admission) -> Admitted:
+        with self.app.store.datastore.get_connection() as conn:
+            return self.app.start_turn(conn, started, admission)
 
     async def check_turn(
-        self, caller: Caller, conversation_id: UUID, turn_id: UUID
+        self, caller: Caller, conversation_id: UUID, turn_id: UUID, *, read: bool = False
     ) -> TurnIndexRow:
         """The turn's index row, if it is in the caller's conversation; else 404."""
-        await self.conversation(caller, conversation_id)
+        await self.conversation(caller, conversation_id, read=read)
         row = await self.run(self.app.store.turn_row, turn_id)
         if row is None or row.conversation_id != conversation_id:
             raise TurnNotFound(turn_id)
         return row
 
     async def active_turn(self, caller: Caller, conversation_id: UUID) -> UUID | None:
-        await self.conversation(caller, conversation_id)
+        await self.conversation(caller, conversation_id, read=True)
         return await self.run(self.app.store.running_turn, conversation_id)
 
     async def cancel(self, caller: Caller, conversation_id: UUID, turn_id: UUID) -> None:
@@ -533,11 +790,12 @@ class ChatService:
         last = after
         last_sent = time.monotonic()
         ping_every = self.settings.ping_interval_s
+        self.metrics.open_streams.inc()
         try:
             while True:
                 events = await self.run(self.app.turn_events, turn_id, last)
                 for event in events:
-                    yield encode_frame(event)
+                    yield self.encode_frame(event)
                     last = event.originator_version
                     if event.TERMINAL:
                         return
@@ -575,6 +833,7 @@ class ChatService:
                     if frame.terminal:
                         return
         finally:
+            self.metrics.open_streams.dec()
             self.bus.unsubscribe(turn_id, queue)
             if remote is not None:
                 with contextlib.suppress(Exception):
@@ -615,7 +874,8 @@ class ChatService:
 
     async def _run_turn(self, turn: RunningTurn) -> None:
         turn_id = turn.turn_id
-        submit = self.writer.submit
+        meter = self.metrics.turn(turn.model.id, self.writer.submit)
+        submit = meter  # the writer's, timed and counted
         usage: Usage | None = None
         finish_reason = "stop"
         title_task: asyncio.Task[str] | None = None
@@ -708,6 +968,7 @@ class ChatService:
             if title_task is not None:
                 title_task.cancel()
             self.running.pop(turn_id, None)
+            meter.close()
 
     def _title_task(self, turn: RunningTurn) -> asyncio.Task[str]:
         content = turn.started.content
@@ -732,6 +993,9 @@ class ChatService:
 
     def _committed(self, events: Any, position: int) -> None:
         assert self._loop is not None
+        self.metrics.writer_batch.observe(len(events))
+        if position:  # 0: a commit confirmed after its connection dropped, so not timed
+            self.metrics.writer_commit.observe(self.writer.stats.last_commit_s)
         self._loop.call_soon_threadsafe(self.bus.publish, events)
 
     def _lost(self, turn_id: UUID) -> None:
@@ -770,6 +1034,7 @@ class ChatService:
                 if conn is None or conn.closed:
                     conn = await self.run(self.app.connect)
                 await self.run(self._end_orphans, conn)
+                await self.run(self.limiter.forget_past, conn)
             except (psycopg.Error, OSError) as exc:
                 log.warning("orphan check failed: %s", exc)
                 if conn is not None:

@@ -118,8 +118,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How often each node looks for turns whose runner died (runner_lost)."""
     store_poll_interval_s: float = 0.2
     """How often a reader polls the store for a turn this node is not running."""
-    max_content_chars: int = 100_000
-    """The longest message a client may send (413 payload_too_large beyond)."""
+    limit_message_chars: int = 100_000
+    """The longest message a client may send (413 payload_too_large beyond; 0 = no limit
+    but the request body's)."""
+    limit_messages_per_minute: int = 0
+    """Turns a user, and a client address, may start per minute (429 rate_limited; 0 = off)."""
+    limit_conversation_messages: int = 0
+    """Messages one conversation may hold (422 conversation_full; 0 = off)."""
+    limit_concurrent_turns: int = 0
+    """Turns one user may have running at once (429 too_many_turns; 0 = off)."""
+    limit_daily_tokens: int = 0
+    """Tokens in and out one user may use per UTC day (429 quota_exhausted; 0 = off)."""
+    limit_weekly_tokens: int = 0
+    """Tokens in and out one user may use per ISO week, from Monday 00:00 UTC (0 = off)."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is
+    believed (for the per-address limit); empty: the peer address is the client's."""
+    guest_messages: int = 0
+    """Messages a guest may send in all (429 login_required after); 0 = guests off."""
+    guest_tenant: str = "guests"
+    """The tenant of guests who do not name one when they ask for a guest token."""
+    guest_token_ttl_s: int = 7 * 86400
+    """How long a guest token is valid."""
+    sse_padding: bool = True
+    """Random filler in ``p`` of token and reasoning frames, so frame sizes do not reveal
+    token lengths."""
     max_body_bytes: int = 1_048_576
     """The largest request body accepted."""
     writer_max_batch: int = 5000

@@ -66,6 +66,17 @@ def relay_lock_key(schema: str, stream: str) -> int:
     return (RELAY_LOCK_CLASS << 32) | int.from_bytes(digest, "big")
 
 
+def checkpointed_position(app: TurnstreamApplication, stream: str) -> int:
+    """The log position of the last checkpoint of ``stream``'s relay (0 before its first).
+
+    The relay may run in another process; its checkpoint is what any process can read.
+    """
+    query = SQL("SELECT position FROM {} WHERE stream = %s").format(app.store.relay_table)
+    with app.store.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(query, (stream,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
 class StoredRow(NamedTuple):
     position: int
     originator_id: UUID

@@ -26,7 +26,7 @@ from turnstream.domain.events import (
     decode_event,
     encode_event,
 )
-from turnstream.domain.postgres import Row, TurnstreamRecorder, as_row
+from turnstream.domain.postgres import Admission, Admitted, Row, TurnstreamRecorder, as_row
 from turnstream.domain.turn import Turn, TurnEvent
 from turnstream.errors import ConversationNotFound
 
@@ -127,10 +127,18 @@ class TurnstreamApplication(Application[UUID]):
     def turn(self, turn_id: UUID) -> Turn | None:
         return Turn.fold(self.turn_events(turn_id))
 
-    def start_turn(self, conn: psycopg.Connection[Any], started: Turn.Started) -> int:
-        """Record ``started`` as a new running turn; IntegrityError when one runs already."""
+    def start_turn(
+        self,
+        conn: psycopg.Connection[Any],
+        started: Turn.Started,
+        admission: Admission | None = None,
+    ) -> Admitted:
+        """Record ``started`` as a new running turn if ``admission`` allows (no limits by
+        default); IntegrityError when one runs already in its conversation."""
+        if admission is None:
+            admission = Admission(tenant=started.tenant, user_id=started.user_id)
         return self.store.start_turn(
-            conn, self.encode(started), started.conversation_id, started.node_id
+            conn, self.encode(started), started.conversation_id, started.node_id, admission
         )
 
     def end_orphans(
@@ -164,12 +172,7 @@ class TurnstreamApplication(Application[UUID]):
                     written.append(make_error(turn))
                 if written:
                     self.store.copy_events(cur, [self.encode_row(e) for e in written], lock=False)
-                    cur.execute(
-                        SQL("UPDATE {} SET ended = true WHERE turn_id = ANY(%s)").format(
-                            self.store.index_table
-                        ),
-                        ([e.originator_id for e in written],),
-                    )
+                    cur.execute(self.store.end_turns_sql, ([e.originator_id for e in written],))
         except psycopg.errors.UniqueViolation:
             # Another writer got there first (the runner was alive after all).
             return []

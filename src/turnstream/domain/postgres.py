@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -21,7 +23,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import ClientCursor
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg.sql import SQL, Composable, Identifier, Literal
 
 
 def _last_value(cur: psycopg.Cursor[Any]) -> int:
@@ -44,6 +46,54 @@ Row = tuple[UUID | str, int, str, bytes]
 
 def as_row(event: StoredEvent) -> Row:
     return (event.originator_id, event.originator_version, event.topic, event.state)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """What a turn may start under: the limits of its user (each 0 = off)."""
+
+    tenant: str
+    user_id: str
+    reserve: int = 0
+    """The most tokens (in and out) this turn may use: held against the quotas until
+    the usage view counts what it really used."""
+    max_running: int = 0
+    """Turns the user may have running at once."""
+    max_turns: int = 0
+    """Turns the user may start in all (guests)."""
+    quota_day: int = 0
+    quota_week: int = 0
+    day: date | None = None
+    week: date | None = None
+    usage_counters: Composable | None = None
+    """The usage view's counters and tracking (read in the start's own statement)."""
+    usage_tracking: Composable | None = None
+
+    @property
+    def user_key(self) -> str:
+        return f"{self.tenant}/{self.user_id}"
+
+
+ALLOWED = (
+    "(%(max_running)s = 0 OR running < %(max_running)s)"
+    " AND (%(max_turns)s = 0 OR turns < %(max_turns)s)"
+    " AND (%(quota_day)s = 0 OR used_day + pending < %(quota_day)s)"
+    " AND (%(quota_week)s = 0 OR used_week + pending < %(quota_week)s)"
+)
+"""When a turn may start: a quota admits a turn while the tokens counted plus those the
+turns in flight may still use are below it, so it is never exceeded by more than the
+last turn's worth."""
+
+
+class Admitted(NamedTuple):
+    """The start's answer: its position (None if a limit refused it) and the figures."""
+
+    position: int | None
+    running: int
+    turns: int
+    used_day: int
+    used_week: int
+    pending: int
 
 
 class TurnIndexRow(NamedTuple):
@@ -81,6 +131,16 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
                     " started_position bigint NOT NULL,"
                     " ended boolean NOT NULL DEFAULT false)"
                 ).format(self.index_table),
+                # Admission (limits and quotas): whose turn it is, the tokens it may
+                # use at most, and the position by which its end was stored.
+                SQL(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS user_key text,"
+                    " ADD COLUMN IF NOT EXISTS reserved_tokens bigint NOT NULL DEFAULT 0,"
+                    " ADD COLUMN IF NOT EXISTS ended_position bigint"
+                ).format(self.index_table),
+                SQL("CREATE INDEX IF NOT EXISTS {} ON {} (user_key)").format(
+                    Identifier(f"{events_table_name}_turns_by_user"), self.index_table
+                ),
                 # One running turn per conversation, enforced where the facts are written.
                 SQL(
                     "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (conversation_id) WHERE NOT ended"
@@ -106,15 +166,14 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             "BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE; NOTIFY {}, {}"
         ).format(self.events_table, Identifier(self.channel_name), Literal(DELTAS_ONLY))
         self._end_sql = SQL(
-            "UPDATE {ix} SET ended = true WHERE turn_id = ANY(%s::uuid[]);"
+            "UPDATE {ix} SET ended = true, ended_position = (SELECT max(notification_id)"
+            " FROM {ev}) WHERE turn_id = ANY(%s::uuid[]);"
             " SELECT max(notification_id) FROM {ev}; COMMIT"
         ).format(ix=self.index_table, ev=self.events_table)
-        self._start_sql = self.lock_sql + SQL(
-            "; WITH e AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
-            " VALUES (%s, %s, %s, %s) RETURNING notification_id)"
-            " INSERT INTO {ix} (turn_id, conversation_id, node_id, started_position)"
-            " SELECT %s, %s, %s, notification_id FROM e RETURNING started_position"
-        ).format(ev=self.events_table, ix=self.index_table)
+        self.end_turns_sql = SQL(
+            "UPDATE {ix} SET ended = true, ended_position = (SELECT max(notification_id)"
+            " FROM {ev}) WHERE turn_id = ANY(%s::uuid[])"
+        ).format(ix=self.index_table, ev=self.events_table)
 
     # The write paths.
 
@@ -146,32 +205,111 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         event: StoredEvent,
         conversation_id: UUID,
         node_id: UUID,
-    ) -> int:
-        """Record a turn's first event and open its index row, in one round trip.
+        admission: Admission,
+    ) -> Admitted:
+        """Record a turn's first event and open its index row, if ``admission`` allows.
 
         The statements go as one simple query, which PostgreSQL runs as one implicit
         transaction: the table lock is held for server time only, never while this
-        client waits for its turn on the GIL. Raises ``IntegrityError`` naming the
-        constraint when the conversation already has a running turn, or when this turn
-        id exists (an idempotent retry); nothing is then stored.
+        client waits for its turn on the GIL. The same lock orders every start, so the
+        limits hold exactly under any concurrency: each start sees every turn started
+        before it. Raises ``IntegrityError`` naming the constraint when the conversation
+        already has a running turn, or when this turn id exists (an idempotent retry);
+        nothing is then stored, nor when a limit refuses the turn.
         """
+        query, params = self._start_query(admission)
+        params |= {
+            "id": event.originator_id,
+            "version": event.originator_version,
+            "topic": event.topic,
+            "state": event.state,
+            "conversation": conversation_id,
+            "node": node_id,
+        }
         try:
             with ClientCursor(conn, row_factory=tuple_row) as cur:
-                cur.execute(
-                    self._start_sql,
-                    (
-                        event.originator_id,
-                        event.originator_version,
-                        event.topic,
-                        event.state,
-                        event.originator_id,
-                        conversation_id,
-                        node_id,
-                    ),
-                )
-                return _last_value(cur)
+                cur.execute(query, params)
+                while cur.pgresult is None or not cur.pgresult.ntuples:
+                    if not cur.nextset():  # pragma: no cover - the query always answers
+                        raise RuntimeError("the start query returned no row")
+                row = cur.fetchone()
+                assert row is not None
+                return Admitted(row[0], *(int(v) for v in row[1:]))
         except psycopg.errors.UniqueViolation as exc:
             raise IntegrityError(str(exc.diag.constraint_name)) from None
+
+    def _start_query(self, a: Admission) -> tuple[Any, dict[str, Any]]:
+        """The lock, then one statement: the figures the limits need, and the inserts
+        that run only if they allow (a limit of 0 is off and costs no query)."""
+        zero: Composable = SQL("0")
+        mine = SQL("FROM {ix} WHERE user_key = %(user_key)s").format(ix=self.index_table)
+        running = SQL("(SELECT count(*) ") + mine + SQL(" AND NOT ended)")
+        turns = SQL("(SELECT count(*) ") + mine + SQL(")")
+        if a.quota_day or a.quota_week:
+            assert a.usage_counters is not None
+            assert a.usage_tracking is not None
+            used = SQL(
+                "(SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM {c}"
+                " WHERE tenant = %(tenant)s AND user_id = %(user_id)s AND period = {p}"
+                " AND period_start = {start})"
+            )
+            used_day: Composable = used.format(
+                c=a.usage_counters, p=Literal("day"), start=SQL("%(day)s")
+            )
+            used_week: Composable = used.format(
+                c=a.usage_counters, p=Literal("week"), start=SQL("%(week)s")
+            )
+            # Turns whose tokens the counters do not hold yet: running, or ended after
+            # the position the usage view has reached. Each counts what it may use.
+            pending: Composable = (
+                SQL("(SELECT coalesce(sum(reserved_tokens), 0) ")
+                + mine
+                + SQL(
+                    " AND (NOT ended OR ended_position IS NULL OR ended_position >"
+                    " (SELECT coalesce(max(notification_id), 0) FROM {t})))"
+                ).format(t=a.usage_tracking)
+            )
+        else:
+            used_day = used_week = pending = zero
+        figures = SQL(
+            "SELECT {running} AS running, {turns} AS turns, {used_day} AS used_day,"
+            " {used_week} AS used_week, {pending} AS pending"
+        ).format(
+            running=running if a.max_running else zero,
+            turns=turns if a.max_turns else zero,
+            used_day=used_day if a.quota_day else zero,
+            used_week=used_week if a.quota_week else zero,
+            pending=pending,
+        )
+        query = self.lock_sql + SQL(
+            "; WITH f AS ({figures}),"
+            " e AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
+            " SELECT %(id)s, %(version)s, %(topic)s, %(state)s FROM f WHERE {allowed}"
+            " RETURNING notification_id),"
+            " i AS (INSERT INTO {ix} (turn_id, conversation_id, node_id, started_position,"
+            " user_key, reserved_tokens)"
+            " SELECT %(id)s, %(conversation)s, %(node)s, notification_id, %(user_key)s,"
+            " %(reserve)s FROM e RETURNING started_position)"
+            " SELECT (SELECT started_position FROM i), f.* FROM f"
+        ).format(
+            figures=figures,
+            ev=self.events_table,
+            ix=self.index_table,
+            allowed=SQL(ALLOWED),
+        )
+        params = {
+            "user_key": a.user_key,
+            "reserve": a.reserve,
+            "tenant": a.tenant,
+            "user_id": a.user_id,
+            "day": a.day,
+            "week": a.week,
+            "max_running": a.max_running,
+            "max_turns": a.max_turns,
+            "quota_day": a.quota_day,
+            "quota_week": a.quota_week,
+        }
+        return query, params
 
     def append_batch(
         self,
@@ -214,6 +352,16 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
                     " ORDER BY originator_version DESC LIMIT 1"
                 ).format(self.events_table),
                 (originator_id,),
+            )
+            row = cur.fetchone()
+            return 0 if row is None else int(row[0])
+
+    def turns_of(self, user_key: str) -> int:
+        """How many turns a user (``tenant/user id``) has started in all."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                SQL("SELECT count(*) FROM {} WHERE user_key = %s").format(self.index_table),
+                (user_key,),
             )
             row = cur.fetchone()
             return 0 if row is None else int(row[0])

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
 from litestar import Litestar, Request, Response, Router, delete, get, patch, post
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPI, RequestBody, SecurityScheme
 from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from turnstream.auth import Caller, verify
-from turnstream.errors import Invalid
+from turnstream.auth import Caller, mint, verify
+from turnstream.bus.relay import checkpointed_position
+from turnstream.errors import Invalid, Unauthorized
 from turnstream.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from turnstream.http.metrics import Metrics
-from turnstream.http.problems import EXCEPTION_HANDLERS, problem
+from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems, problem
 from turnstream.http.sse import HEADERS
+from turnstream.ids import uuid7
+from turnstream.limits import client_address, parse_networks
 from turnstream.projections.runner import status as projection_status
-from turnstream.projections.views import ConversationPage, ConversationSummary, ConversationView
+from turnstream.projections.views import (
+    ConversationPage,
+    ConversationSummary,
+    ConversationView,
+    UsageReport,
+)
 from turnstream.service import ChatService, TurnRequest
 
 EVENT_STREAM = "text/event-stream"
@@ -46,6 +54,20 @@ class NewTurn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     message_id: UUID | None = None
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class GuestRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tenant: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    """The tenant whose guest this is (the configured guest tenant by default)."""
+
+
+class GuestToken(msgspec.Struct, kw_only=True):
+    token: str
+    tenant: str
+    user_id: str
+    expires_at: datetime
+    messages: int
+    """The messages this guest may send before signing in."""
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):
@@ -89,6 +111,14 @@ def _resume_from(request: Request[Any, Any, Any], after: int | None) -> int:
     return after or 0
 
 
+def _client(request: Request[Any, Any, Any]) -> str:
+    """The client's address (behind trusted proxies, the one they forward)."""
+    peer = request.client.host if request.client is not None else None
+    return client_address(
+        peer, request.headers.get("x-forwarded-for"), request.app.state.trusted_proxies
+    )
+
+
 def _sse(frames: AsyncIterator[bytes]) -> Stream:
     return Stream(frames, media_type=EVENT_STREAM, headers=HEADERS)
 
@@ -106,14 +136,16 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
         "postgres": "ok" if ready and await service.check_store() else "down",
         "nats": "ok" if ready and await service.check_nats() else "down",
     }
+    if service.settings.projections:
+        checks["projections"] = "ok" if ready and await service.check_projections() else "down"
     down = [name for name, state in checks.items() if state != "ok"]
     if down:
-        names = {"postgres": "PostgreSQL", "nats": "NATS"}
+        names = {"postgres": "PostgreSQL", "nats": "NATS", "projections": "the projections"}
         return problem(
             503,
             "service_unavailable",
             "Service unavailable",
-            " and ".join(names[n] for n in down) + " not reachable.",
+            " and ".join(names[n] for n in down) + " not ready.",
             checks=checks,
         )
     return Response(Health(status="ok", checks=checks))
@@ -122,18 +154,21 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
 @get(
     "/metrics",
     tags=["operations"],
-    summary="Prometheus metrics: projection lag and positions",
+    summary="Prometheus metrics: turns, streams, writer, relay and projection lag",
     media_type=METRICS_CONTENT_TYPE,
 )
 async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
     service = _service(request)
     try:
+        relayed = await service.run(
+            checkpointed_position, service.app, service.settings.nats_stream
+        )
         projections = await service.run(projection_status, service.app)
     except Exception:  # the store is down: say so, as /readyz does
         return problem(
             503, "service_unavailable", "Service unavailable", "PostgreSQL not reachable."
         )
-    body = request.app.state.metrics.render(projections)
+    body = service.metrics.render(projections, relayed)
     return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
@@ -225,6 +260,7 @@ async def start_turn(
             message_id=data.message_id,
             request_id=data.request_id,
             model=data.model,
+            client=_client(request),
         ),
     )
     return _sse(service.follow(caller.tenant, cid, turn_id, after))
@@ -242,10 +278,13 @@ async def turn_events(
     caller: Caller,
     cid: UUID,
     tid: UUID,
-    after: Annotated[int | None, Parameter(query="after", ge=0, le=10**15)] = None,
+    # schema_extra: Litestar leaves a falsy bound (ge=0) out of the OpenAPI document.
+    after: Annotated[
+        int | None, Parameter(query="after", ge=0, le=10**15, schema_extra={"minimum": 0})
+    ] = None,
 ) -> Stream:
     start = _resume_from(request, after)
-    await service.check_turn(caller, cid, tid)
+    await service.check_turn(caller, cid, tid, read=True)
     return _sse(service.follow(caller.tenant, cid, tid, start))
 
 
@@ -254,6 +293,7 @@ async def turn_events(
     tags=["turns"],
     summary="The active turn's events; 204 when none is running",
     media_type=EVENT_STREAM,
+    responses={204: ResponseSpec(None, description="No turn is running.")},
 )
 async def active_stream(
     request: Request[Any, Any, Any], service: ChatService, caller: Caller, cid: UUID
@@ -274,6 +314,81 @@ async def active_stream(
 async def cancel_turn(service: ChatService, caller: Caller, cid: UUID, tid: UUID) -> dict[str, str]:
     await service.cancel(caller, cid, tid)
     return {"turn_id": str(tid), "status": "cancelling"}
+
+
+@post(
+    "/conversations/{cid:uuid}/claim",
+    tags=["conversations"],
+    summary="Move a guest's conversation to the signed-in caller",
+    status_code=200,
+)
+async def claim_conversation(
+    request: Request[Any, Any, Any],
+    service: ChatService,
+    caller: Caller,
+    cid: UUID,
+    guest_token: Annotated[
+        str,
+        Parameter(
+            header="X-Guest-Token",
+            description="The guest token the conversation was made with.",
+            max_length=4096,
+        ),
+    ],
+) -> ConversationView:
+    try:
+        guest = verify(request.app.state.jwt_secret, f"Bearer {guest_token}")
+    except Unauthorized as exc:
+        raise Invalid(f"X-Guest-Token: {exc.detail}") from None
+    await service.claim(caller, guest, cid)
+    return await service.conversation_view(caller, cid)
+
+
+@get("/usage", tags=["usage"], summary="The caller's usage today and this week, and the limits")
+async def get_usage(service: ChatService, caller: Caller) -> UsageReport:
+    return await service.usage(caller)
+
+
+@post(
+    "/guest",
+    tags=["guests"],
+    summary="A guest token (when guests are enabled)",
+    status_code=201,
+    security=[],
+)
+async def new_guest(
+    request: Request[Any, Any, Any], service: ChatService, data: GuestRequest | None = None
+) -> GuestToken:
+    await service.guest_allowed(_client(request))
+    settings = service.settings
+    tenant = (data.tenant if data is not None else None) or settings.guest_tenant
+    user_id = f"guest-{uuid7()}"
+    ttl = settings.guest_token_ttl_s
+    token = mint(request.app.state.jwt_secret, tenant=tenant, user=user_id, ttl_s=ttl, guest=True)
+    return GuestToken(
+        token=token,
+        tenant=tenant,
+        user_id=user_id,
+        expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
+        messages=settings.guest_messages,
+    )
+
+
+def _finish_openapi(openapi: OpenAPI) -> None:
+    """Say in the OpenAPI document what Litestar cannot infer from the handlers."""
+    # POST /v1/guest is public and its body optional; Litestar adds the router's bearer
+    # requirement (a handler's security=[] adds nothing) and marks every body required.
+    item = (openapi.paths or {}).get("/v1/guest")
+    guest = item.post if item is not None else None
+    if guest is not None:
+        guest.security = None
+        if isinstance(guest.request_body, RequestBody):
+            guest.request_body.required = False
+    document_problems(openapi)
+    schemas = openapi.components.schemas or {}
+    for body in (NewConversation, ConversationPatch, NewTurn, GuestRequest):
+        if body.__struct_config__.forbid_unknown_fields and body.__name__ in schemas:
+            schemas[body.__name__].additional_properties = False  # unknown fields are a 400
 
 
 def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Litestar:
@@ -298,6 +413,9 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
             turn_events,
             active_stream,
             cancel_turn,
+            claim_conversation,
+            get_usage,
+            new_guest,
         ],
         dependencies={"caller": Provide(provide_caller), "service": Provide(provide_service)},
         security=[{"bearer": []}],
@@ -322,7 +440,9 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
         ),
         debug=False,
     )
+    _finish_openapi(app.openapi_schema)
     app.state.service = service
     app.state.jwt_secret = jwt_secret
-    app.state.metrics = Metrics()
+    app.state.trusted_proxies = parse_networks(service.settings.trusted_proxies)
+    app.state.metrics = service.metrics
     return app

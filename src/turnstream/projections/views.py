@@ -168,3 +168,42 @@ def decode_cursor(text: str) -> ListCursor:
     if updated_at.tzinfo is None:
         raise Invalid("'cursor' is not a cursor this API returned.")
     return ListCursor(updated_at, conversation_id)
+
+
+class UsagePeriod(msgspec.Struct, kw_only=True):
+    """The caller's usage in one UTC day or ISO week (weeks start Monday 00:00 UTC)."""
+
+    start: datetime
+    resets_at: datetime
+    turns: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    limit_tokens: int | None
+    """The quota for this period; null when there is none."""
+    remaining_tokens: int | None
+
+
+class UsageLimits(msgspec.Struct, kw_only=True):
+    """The limits that apply to the caller (null: no limit)."""
+
+    messages_per_minute: int | None
+    message_chars: int | None
+    conversation_messages: int | None
+    concurrent_turns: int | None
+    daily_tokens: int | None
+    weekly_tokens: int | None
+
+
+class GuestAllowance(msgspec.Struct, kw_only=True):
+    messages: int
+    used: int
+    remaining: int
+
+
+class UsageReport(msgspec.Struct, kw_only=True):
+    day: UsagePeriod
+    week: UsagePeriod
+    limits: UsageLimits
+    guest: GuestAllowance | None
+    """For guests: the messages they may send before they must sign in."""

@@ -1,0 +1,104 @@
+"""Rate limits shared by every node, and who the client is behind trusted proxies.
+
+A per-minute limit is a GCRA ("generic cell rate algorithm") kept in PostgreSQL: one
+row per key holds its theoretical arrival time. A limit of N per minute lets a burst
+of N through, then one each 60/N seconds; a refused request learns exactly when the
+next one will pass (``Retry-After``). The rows are counters, not facts: they are
+updated in place, and the ones in the past are deleted (nothing depends on them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
+
+from turnstream.settings import SettingsError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+WINDOW_S = 60.0
+
+
+class RateLimiter:
+    """Per-minute limits on keys (``user:…``, ``addr:…``), atomically across nodes."""
+
+    def __init__(self, schema: str) -> None:
+        table = SQL("{}.{}").format(Identifier(schema), Identifier("rate_limits"))
+        self.create_sql = SQL(
+            "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, tat timestamptz NOT NULL)"
+        ).format(table)
+        # Take one cell if the key's arrival time stays within the window; else no row.
+        self._take = SQL(
+            "INSERT INTO {t} AS r (key, tat) VALUES (%(key)s, now() + %(step)s)"
+            " ON CONFLICT (key) DO UPDATE SET tat = greatest(r.tat, now()) + %(step)s"
+            " WHERE greatest(r.tat, now()) + %(step)s - now() <= %(window)s"
+            " RETURNING tat"
+        ).format(t=table)
+        self._wait = SQL(
+            "SELECT extract(epoch FROM (tat + %(step)s - %(window)s - now())) FROM {t}"
+            " WHERE key = %(key)s"
+        ).format(t=table)
+        self._forget = SQL("DELETE FROM {t} WHERE tat < now()").format(t=table)
+
+    def create(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self.create_sql)
+
+    def take(self, conn: psycopg.Connection[Any], keys: Sequence[str], per_minute: int) -> int:
+        """Count one request against every key: 0 if all allow it, else the seconds
+        until they will (and then nothing is counted against any key)."""
+        step = timedelta(seconds=WINDOW_S / per_minute)
+        window = timedelta(seconds=WINDOW_S)
+        retry_after = 0
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            for key in keys:
+                params = {"key": key, "step": step, "window": window}
+                if cur.execute(self._take, params).fetchone() is None:
+                    row = cur.execute(self._wait, params).fetchone()
+                    retry_after = max(1, math.ceil(float(row[0]))) if row else 1
+                    raise psycopg.Rollback  # nothing counted against any key
+        return retry_after
+
+    def forget_past(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self._forget)
+
+
+def parse_networks(spec: str) -> tuple[Network, ...]:
+    """``TURNSTREAM_TRUSTED_PROXIES``: comma-separated addresses or networks."""
+    networks: list[Network] = []
+    for part in spec.split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                msg = f"TURNSTREAM_TRUSTED_PROXIES: {part.strip()!r} is not an address or network"
+                raise SettingsError(msg) from None
+    return tuple(networks)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then the
+    nearest address in ``X-Forwarded-For`` that is not a trusted proxy's (addresses a
+    client wrote further left are not believed)."""
+    address = peer or "unknown"
+    if not trusted or forwarded_for is None or not _trusted(address, trusted):
+        return address
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        address = hop
+        if not _trusted(hop, trusted):
+            break
+    return address
+
+
+def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
