@@ -35,7 +35,7 @@ def guarded(make_server: ServerFactory) -> Server:
     return make_server(
         TURNSTREAM_DEMO_TOKENS="5",
         TURNSTREAM_DEMO_TOKENS_PER_S="0",
-        TURNSTREAM_MAX_CONTENT_CHARS="1000",
+        TURNSTREAM_LIMIT_MESSAGE_CHARS="1000",
     )
 
 

@@ -191,7 +191,7 @@ def wait_ready_state(server: Server, nats: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         status, checks = readyz(server)
-        if checks == {"postgres": "ok", "nats": nats}:
+        if checks == {"postgres": "ok", "nats": nats, "projections": "ok"}:
             assert status == (200 if nats == "ok" else 503)
             return
         if time.monotonic() > deadline:

@@ -31,7 +31,10 @@ class Frame:
     id: int | None
     event: str
     data: dict[str, Any]
+    """The frame's data without ``p``: the same in every stream and every resume."""
     raw: str = ""
+    padding: str | None = None
+    """``p``, the random filler of token and reasoning frames (None without)."""
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[Frame | str]:
@@ -41,11 +44,14 @@ def parse_sse(lines: Iterator[str]) -> Iterator[Frame | str]:
     for line in lines:
         if line == "":
             if fields:
+                data = json.loads(fields.get("data", "null"))
+                padding = data.pop("p", None) if isinstance(data, dict) else None
                 yield Frame(
                     id=int(fields["id"]) if "id" in fields else None,
                     event=fields.get("event", "message"),
-                    data=json.loads(fields.get("data", "null")),
+                    data=data,
                     raw="\n".join(raw),
+                    padding=padding,
                 )
             fields, raw = {}, []
             continue
