@@ -104,6 +104,9 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+RETRY_SOON_S = 5
+"""Retry-After when running turns hold a limit: they end within seconds, not a reset."""
+
 LOCK_CLASS = 0x7475726E  # "turn": the advisory-lock namespace of node leases
 
 
@@ -669,7 +672,7 @@ class ChatService:
         if a.max_running and f.running >= a.max_running:
             return TooManyTurns(
                 f"At most {a.max_running} turns may run at once; wait for one to end.",
-                retry_after=max(1, math.ceil(self.settings.demo_tokens / 60)),
+                retry_after=RETRY_SOON_S,
                 limit=a.max_running,
             )
         for quota, used, start, length, name in (
@@ -687,7 +690,7 @@ class ChatService:
                     f" {resets:%Y-%m-%d %H:%M} UTC."
                 )
             else:
-                wait = 5
+                wait = RETRY_SOON_S
                 detail = (
                     f"The {name} quota of {quota} tokens is held by turns still running;"
                     " try again when they end."

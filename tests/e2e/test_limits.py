@@ -13,7 +13,8 @@ import pytest
 
 from tests.e2e.conftest import ServerFactory
 from tests.e2e.test_bad_input import assert_problem
-from tests.e2e.test_turn_stream import frames_of, new_conversation
+from tests.e2e.test_turn_rules import post_turn
+from tests.e2e.test_turn_stream import new_conversation
 from tests.support.server import Frame, Server, parse_sse
 
 pytestmark = pytest.mark.e2e
@@ -352,19 +353,9 @@ def test_repeated_request_ids_stream_one_generation_to_every_caller(
     cid = new_conversation(server)
     body = {"content": "once only", "request_id": "req-10"}
 
-    def one(_: int) -> list[tuple[str | None, str, dict[str, Any]]]:
-        with httpx.stream(
-            "POST",
-            f"{server.base_url}/v1/conversations/{cid}/turns",
-            json=body,
-            headers=server.headers(),
-            timeout=60,
-        ) as r:
-            assert r.status_code == 200, r.read()
-            # The padding is random per frame sent; the frames are the same otherwise.
-            return [
-                (f.id, f.event, {k: v for k, v in f.data.items() if k != "p"}) for f in frames_of(r)
-            ]
+    def one(_: int) -> list[tuple[int | None, str, dict[str, Any]]]:
+        # Frame.data leaves out the padding, which is random per frame sent.
+        return [(f.id, f.event, f.data) for f in post_turn(server, cid, body)]
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         streams = list(pool.map(one, range(10)))
