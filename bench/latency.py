@@ -110,6 +110,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="warning",
         help="the server's TURNSTREAM_LOG_LEVEL (default warning: no access log)",
     )
+    parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TURNSTREAM_ setting for the server, e.g. LIMIT_DAILY_TOKENS=1000000000"
+        " (repeatable): to measure what a setting costs",
+    )
     add_database_args(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.tokens < 1 or args.tokens_per_s <= 0 or args.warmup < 0:
@@ -170,6 +178,9 @@ def serve(args: argparse.Namespace, url: str, schema: str) -> Iterator[Server]:
         "TURNSTREAM_DEMO_TOKENS": str(args.tokens),
         "TURNSTREAM_LOG_LEVEL": args.server_log_level,
     }
+    for setting in args.server_setting:
+        name, _, value = setting.partition("=")
+        env[f"TURNSTREAM_{name.upper().removeprefix('TURNSTREAM_')}"] = value
     log_path = data_dir / "server.log"
     process: subprocess.Popen[bytes] | None = None
     try:
