@@ -41,7 +41,7 @@ from turnstream.bus.relay_process import RelayProcess
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import utcnow
-from turnstream.domain.postgres import Admission, Admitted, TurnIndexRow
+from turnstream.domain.postgres import Admission, Admitted, TurnIndexRow, user_key
 from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
 from turnstream.domain.writer import GroupWriter
 from turnstream.errors import (
@@ -120,10 +120,6 @@ def _may(caller: Caller, tenant: str, owner: str, *, read: bool) -> bool:
     if tenant != caller.tenant:
         return False
     return owner == caller.user_id or (read and caller.is_admin)
-
-
-def _user_key(caller: Caller) -> str:
-    return f"{caller.tenant}/{caller.user_id}"
 
 
 @dataclass(eq=False)
@@ -476,7 +472,7 @@ class ChatService:
 
         guest = None
         if caller.guest:
-            used = await self.run(self.app.store.turns_of, _user_key(caller))
+            used = await self.run(self.app.store.turns_of, user_key(caller.tenant, caller.user_id))
             allowed = settings.guest_messages
             guest = GuestAllowance(messages=allowed, used=used, remaining=max(0, allowed - used))
         return UsageReport(
@@ -621,7 +617,7 @@ class ChatService:
         per_minute = self.settings.limit_messages_per_minute
         if not per_minute:
             return
-        keys = [f"user:{_user_key(caller)}", f"addr:{client}"]
+        keys = [f"user:{user_key(caller.tenant, caller.user_id)}", f"addr:{client}"]
         retry_after = await self.run(self._take, keys, per_minute)
         if retry_after:
             raise LimitExceeded(

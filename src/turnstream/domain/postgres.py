@@ -71,7 +71,12 @@ class Admission:
 
     @property
     def user_key(self) -> str:
-        return f"{self.tenant}/{self.user_id}"
+        return user_key(self.tenant, self.user_id)
+
+
+def user_key(tenant: str, user_id: str) -> str:
+    """A user's key in the turn index (a tenant id never holds a '/')."""
+    return f"{tenant}/{user_id}"
 
 
 ALLOWED = (
@@ -138,8 +143,11 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
                     " ADD COLUMN IF NOT EXISTS reserved_tokens bigint NOT NULL DEFAULT 0,"
                     " ADD COLUMN IF NOT EXISTS ended_position bigint"
                 ).format(self.index_table),
-                SQL("CREATE INDEX IF NOT EXISTS {} ON {} (user_key)").format(
+                SQL("CREATE INDEX IF NOT EXISTS {} ON {} (user_key, ended_position)").format(
                     Identifier(f"{events_table_name}_turns_by_user"), self.index_table
+                ),
+                SQL("CREATE INDEX IF NOT EXISTS {} ON {} (user_key) WHERE NOT ended").format(
+                    Identifier(f"{events_table_name}_turns_running_by_user"), self.index_table
                 ),
                 # One running turn per conversation, enforced where the facts are written.
                 SQL(
@@ -261,12 +269,15 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             )
             # Turns whose tokens the counters do not hold yet: running, or ended after
             # the position the usage view has reached. Each counts what it may use.
+            # (Two index scans: the running turns, and those ended after the view.)
+            reserved = SQL("(SELECT coalesce(sum(reserved_tokens), 0) ") + mine
             pending: Composable = (
-                SQL("(SELECT coalesce(sum(reserved_tokens), 0) ")
-                + mine
+                reserved
+                + SQL(" AND NOT ended) + ")
+                + reserved
                 + SQL(
-                    " AND (NOT ended OR ended_position IS NULL OR ended_position >"
-                    " (SELECT coalesce(max(notification_id), 0) FROM {t})))"
+                    " AND ended AND ended_position >"
+                    " (SELECT coalesce(max(notification_id), 0) FROM {t}))"
                 ).format(t=a.usage_tracking)
             )
         else:
