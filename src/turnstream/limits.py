@@ -34,16 +34,18 @@ class RateLimiter:
         self.create_sql = SQL(
             "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, tat timestamptz NOT NULL)"
         ).format(table)
-        # Take one cell if the key's arrival time stays within the window; else no row.
+        # One cell from each key whose arrival time stays within the window, in one
+        # statement (row locks held for its duration only; keys in order: no deadlock).
         self._take = SQL(
-            "INSERT INTO {t} AS r (key, tat) VALUES (%(key)s, now() + %(step)s)"
+            "INSERT INTO {t} AS r (key, tat)"
+            " SELECT key, now() + %(step)s FROM unnest(%(keys)s::text[]) AS k(key) ORDER BY key"
             " ON CONFLICT (key) DO UPDATE SET tat = greatest(r.tat, now()) + %(step)s"
             " WHERE greatest(r.tat, now()) + %(step)s - now() <= %(window)s"
-            " RETURNING tat"
+            " RETURNING key"
         ).format(t=table)
         self._wait = SQL(
-            "SELECT extract(epoch FROM (tat + %(step)s - %(window)s - now())) FROM {t}"
-            " WHERE key = %(key)s"
+            "SELECT max(extract(epoch FROM (tat + %(step)s - %(window)s - now()))) FROM {t}"
+            " WHERE key = ANY(%(keys)s::text[])"
         ).format(t=table)
         self._forget = SQL("DELETE FROM {t} WHERE tat < now()").format(t=table)
 
@@ -52,18 +54,20 @@ class RateLimiter:
 
     def take(self, conn: psycopg.Connection[Any], keys: Sequence[str], per_minute: int) -> int:
         """Count one request against every key: 0 if all allow it, else the seconds
-        until they will (and then nothing is counted against any key)."""
-        step = timedelta(seconds=WINDOW_S / per_minute)
-        window = timedelta(seconds=WINDOW_S)
-        retry_after = 0
-        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-            for key in keys:
-                params = {"key": key, "step": step, "window": window}
-                if cur.execute(self._take, params).fetchone() is None:
-                    row = cur.execute(self._wait, params).fetchone()
-                    retry_after = max(1, math.ceil(float(row[0]))) if row else 1
-                    raise psycopg.Rollback  # nothing counted against any key
-        return retry_after
+        until all will. A refused request still counts against the keys that allowed
+        it: every attempt counts, as a client that keeps trying is the one to slow."""
+        wanted = sorted(set(keys))
+        params = {
+            "keys": wanted,
+            "step": timedelta(seconds=WINDOW_S / per_minute),
+            "window": timedelta(seconds=WINDOW_S),
+        }
+        with conn.cursor(row_factory=tuple_row) as cur:
+            taken = cur.execute(self._take, params).fetchall()
+            if len(taken) == len(wanted):
+                return 0
+            row = cur.execute(self._wait, params).fetchone()
+        return max(1, math.ceil(float(row[0]))) if row and row[0] is not None else 1
 
     def forget_past(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(self._forget)

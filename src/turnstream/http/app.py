@@ -354,7 +354,6 @@ async def get_usage(service: ChatService, caller: Caller) -> UsageReport:
     tags=["guests"],
     summary="A guest token (when guests are enabled)",
     status_code=201,
-    security=[],
 )
 async def new_guest(
     request: Request[Any, Any, Any], service: ChatService, data: GuestRequest | None = None
