@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Composed, Identifier
 
 from turnstream.settings import SettingsError
 
@@ -26,28 +26,45 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 WINDOW_S = 60.0
 
 
+def take_statement(table: Composable) -> Composed:
+    """One cell from each key whose arrival time stays within the window; the keys that
+    gave one come back (params ``keys``, sorted, ``step`` and ``window``). One statement:
+    row locks held for its duration only, taken in key order (no deadlock)."""
+    return SQL(
+        "INSERT INTO {t} AS r (key, tat)"
+        " SELECT key, now() + %(step)s FROM unnest(%(keys)s::text[]) AS k(key) ORDER BY key"
+        " ON CONFLICT (key) DO UPDATE SET tat = greatest(r.tat, now()) + %(step)s"
+        " WHERE greatest(r.tat, now()) + %(step)s - now() <= %(window)s"
+        " RETURNING key"
+    ).format(t=table)
+
+
+def cell_params(keys: Sequence[str], per_minute: int) -> dict[str, Any]:
+    return {
+        "keys": sorted(set(keys)),
+        "step": timedelta(seconds=WINDOW_S / per_minute),
+        "window": timedelta(seconds=WINDOW_S),
+    }
+
+
 class RateLimiter:
-    """Per-minute limits on keys (``user:…``, ``addr:…``), atomically across nodes."""
+    """Per-minute limits on keys (``user:…``, ``addr:…``), atomically across nodes.
+
+    A turn's start takes its cells in the statement that records it (see the store's
+    admission); other requests (guest tokens) take theirs with :meth:`take`.
+    """
 
     def __init__(self, schema: str) -> None:
-        table = SQL("{}.{}").format(Identifier(schema), Identifier("rate_limits"))
+        self.table = SQL("{}.{}").format(Identifier(schema), Identifier("rate_limits"))
         self.create_sql = SQL(
             "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, tat timestamptz NOT NULL)"
-        ).format(table)
-        # One cell from each key whose arrival time stays within the window, in one
-        # statement (row locks held for its duration only; keys in order: no deadlock).
-        self._take = SQL(
-            "INSERT INTO {t} AS r (key, tat)"
-            " SELECT key, now() + %(step)s FROM unnest(%(keys)s::text[]) AS k(key) ORDER BY key"
-            " ON CONFLICT (key) DO UPDATE SET tat = greatest(r.tat, now()) + %(step)s"
-            " WHERE greatest(r.tat, now()) + %(step)s - now() <= %(window)s"
-            " RETURNING key"
-        ).format(t=table)
+        ).format(self.table)
+        self._take = take_statement(self.table)
         self._wait = SQL(
             "SELECT max(extract(epoch FROM (tat + %(step)s - %(window)s - now()))) FROM {t}"
             " WHERE key = ANY(%(keys)s::text[])"
-        ).format(t=table)
-        self._forget = SQL("DELETE FROM {t} WHERE tat < now()").format(t=table)
+        ).format(t=self.table)
+        self._forget = SQL("DELETE FROM {t} WHERE tat < now()").format(t=self.table)
 
     def create(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(self.create_sql)
@@ -56,17 +73,16 @@ class RateLimiter:
         """Count one request against every key: 0 if all allow it, else the seconds
         until all will. A refused request still counts against the keys that allowed
         it: every attempt counts, as a client that keeps trying is the one to slow."""
-        wanted = sorted(set(keys))
-        params = {
-            "keys": wanted,
-            "step": timedelta(seconds=WINDOW_S / per_minute),
-            "window": timedelta(seconds=WINDOW_S),
-        }
+        params = cell_params(keys, per_minute)
         with conn.cursor(row_factory=tuple_row) as cur:
-            taken = cur.execute(self._take, params).fetchall()
-            if len(taken) == len(wanted):
+            if len(cur.execute(self._take, params).fetchall()) == len(params["keys"]):
                 return 0
-            row = cur.execute(self._wait, params).fetchone()
+        return self.wait(conn, keys, per_minute)
+
+    def wait(self, conn: psycopg.Connection[Any], keys: Sequence[str], per_minute: int) -> int:
+        """Seconds until every key allows a request again (at least 1)."""
+        with conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(self._wait, cell_params(keys, per_minute)).fetchone()
         return max(1, math.ceil(float(row[0]))) if row and row[0] is not None else 1
 
     def forget_past(self, conn: psycopg.Connection[Any]) -> None:

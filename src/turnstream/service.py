@@ -521,7 +521,6 @@ class ChatService:
             raise PayloadTooLarge(f"A message has at most {limit} characters.", max_chars=limit)
         if caller.guest and not self.settings.guest_messages:
             raise LoginRequired("Guests cannot send messages here; sign in.", retry_after=3600)
-        await self._rate_limit(caller, request.client)
         model_id = request.model or conversation["model"]
         model = self.models.get(model_id)
         if model is None:
@@ -569,7 +568,8 @@ class ChatService:
             prefix=plan.prefix,
             reasoning_prefix=plan.reasoning_prefix,
         )
-        admission = self._admission(caller, started, estimate + self._output_worth(model, estimate))
+        worth = estimate + self._output_worth(model, estimate)
+        admission = self._admission(caller, started, worth, request.client)
         try:
             admitted = await self.run(self._record_start, started, admission)
         except IntegrityError:
@@ -584,7 +584,7 @@ class ChatService:
         if admitted.position is None:
             if request.request_id and await self._is_turn_of(turn_id, conversation_id):
                 return turn_id  # the same request, started by a concurrent POST
-            raise self._refusal(admission, admitted)
+            raise await self._refusal(admission, admitted)
         running_turn = RunningTurn(
             started=started,
             model=model,
@@ -612,23 +612,13 @@ class ChatService:
         with self.app.connect() as conn:
             self.limiter.create(conn)
 
-    async def _rate_limit(self, caller: Caller, client: str) -> None:
-        """The per-minute limit, per user and per client address (429 rate_limited)."""
-        per_minute = self.settings.limit_messages_per_minute
-        if not per_minute:
-            return
-        keys = [f"user:{user_key(caller.tenant, caller.user_id)}", f"addr:{client}"]
-        retry_after = await self.run(self._take, keys, per_minute)
-        if retry_after:
-            raise LimitExceeded(
-                f"At most {per_minute} messages a minute; try again in {retry_after} s.",
-                retry_after=retry_after,
-                limit=per_minute,
-            )
-
     def _take(self, keys: list[str], per_minute: int) -> int:
         with self.app.store.datastore.get_connection() as conn:
             return self.limiter.take(conn, keys, per_minute)
+
+    def _wait(self, keys: tuple[str, ...], per_minute: int) -> int:
+        with self.app.store.datastore.get_connection() as conn:
+            return self.limiter.wait(conn, keys, per_minute)
 
     def _output_worth(self, model: ModelConfig, estimate: int) -> int:
         """The most output tokens a turn on ``model`` may produce (for the quotas)."""
@@ -638,7 +628,10 @@ class ChatService:
             return self.settings.demo_tokens * 2  # its answer and its reasoning
         return max(0, model.context_window - estimate)
 
-    def _admission(self, caller: Caller, started: Turn.Started, worth: int) -> Admission:
+    def _admission(
+        self, caller: Caller, started: Turn.Started, worth: int, client: str
+    ) -> Admission:
+        """The limits of this start: counted with the start itself (see the store)."""
         settings = self.settings
         day, week = period_starts(started.timestamp)
         counters, tracking = self._usage_views
@@ -654,9 +647,12 @@ class ChatService:
             week=week,
             usage_counters=counters,
             usage_tracking=tracking,
+            per_minute=settings.limit_messages_per_minute,
+            rate_keys=(f"user:{user_key(caller.tenant, caller.user_id)}", f"addr:{client}"),
+            rate_table=self.limiter.table,
         )
 
-    def _refusal(self, a: Admission, f: Admitted) -> LimitExceeded:
+    async def _refusal(self, a: Admission, f: Admitted) -> LimitExceeded:
         """Which limit refused a turn, with when to try again."""
         now = utcnow()
         if a.max_turns and f.turns >= a.max_turns:
@@ -664,6 +660,13 @@ class ChatService:
                 f"A guest may send {a.max_turns} messages; sign in to go on.",
                 retry_after=self.settings.guest_token_ttl_s,
                 limit=a.max_turns,
+            )
+        if a.per_minute and f.rate_taken < len(set(a.rate_keys)):
+            retry_after = await self.run(self._wait, a.rate_keys, a.per_minute)
+            return LimitExceeded(
+                f"At most {a.per_minute} messages a minute; try again in {retry_after} s.",
+                retry_after=retry_after,
+                limit=a.per_minute,
             )
         if a.max_running and f.running >= a.max_running:
             return TooManyTurns(

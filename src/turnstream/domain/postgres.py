@@ -25,6 +25,8 @@ from psycopg import ClientCursor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composable, Identifier, Literal
 
+from turnstream.limits import cell_params, take_statement
+
 
 def _last_value(cur: psycopg.Cursor[Any]) -> int:
     """The single value of the one result with rows among a multi-statement query's."""
@@ -68,6 +70,12 @@ class Admission:
     usage_counters: Composable | None = None
     """The usage view's counters and tracking (read in the start's own statement)."""
     usage_tracking: Composable | None = None
+    per_minute: int = 0
+    """Starts per minute for each of ``rate_keys`` (cells of ``rate_table``, taken by
+    the start's own statement: the table lock already orders starts, so a hot key
+    costs no queue of its own)."""
+    rate_keys: tuple[str, ...] = ()
+    rate_table: Composable | None = None
 
     @property
     def user_key(self) -> str:
@@ -80,7 +88,8 @@ def user_key(tenant: str, user_id: str) -> str:
 
 
 ALLOWED = (
-    "(%(max_running)s = 0 OR running < %(max_running)s)"
+    "(%(per_minute)s = 0 OR rate_taken = %(rate_count)s)"
+    " AND (%(max_running)s = 0 OR running < %(max_running)s)"
     " AND (%(max_turns)s = 0 OR turns < %(max_turns)s)"
     " AND (%(quota_day)s = 0 OR used_day + pending < %(quota_day)s)"
     " AND (%(quota_week)s = 0 OR used_week + pending < %(quota_week)s)"
@@ -94,6 +103,8 @@ class Admitted(NamedTuple):
     """The start's answer: its position (None if a limit refused it) and the figures."""
 
     position: int | None
+    rate_taken: int
+    """How many of the rate keys gave a cell."""
     running: int
     turns: int
     used_day: int
@@ -282,10 +293,19 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             )
         else:
             used_day = used_week = pending = zero
+        rate_cte: Composable = SQL("")
+        rate_taken = zero
+        params = {}
+        if a.per_minute:
+            assert a.rate_table is not None
+            rate_cte = SQL("rate AS ({}), ").format(take_statement(a.rate_table))
+            rate_taken = SQL("(SELECT count(*) FROM rate)")
+            params = cell_params(a.rate_keys, a.per_minute)
         figures = SQL(
-            "SELECT {running} AS running, {turns} AS turns, {used_day} AS used_day,"
-            " {used_week} AS used_week, {pending} AS pending"
+            "SELECT {rate_taken} AS rate_taken, {running} AS running, {turns} AS turns,"
+            " {used_day} AS used_day, {used_week} AS used_week, {pending} AS pending"
         ).format(
+            rate_taken=rate_taken,
             running=running if a.max_running else zero,
             turns=turns if a.max_turns else zero,
             used_day=used_day if a.quota_day else zero,
@@ -293,7 +313,7 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             pending=pending,
         )
         query = self.lock_sql + SQL(
-            "; WITH f AS ({figures}),"
+            "; WITH {rate_cte}f AS ({figures}),"
             " e AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
             " SELECT %(id)s, %(version)s, %(topic)s, %(state)s FROM f WHERE {allowed}"
             " RETURNING notification_id),"
@@ -303,12 +323,15 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             " %(reserve)s FROM e RETURNING started_position)"
             " SELECT (SELECT started_position FROM i), f.* FROM f"
         ).format(
+            rate_cte=rate_cte,
             figures=figures,
             ev=self.events_table,
             ix=self.index_table,
             allowed=SQL(ALLOWED),
         )
-        params = {
+        params |= {
+            "per_minute": a.per_minute,
+            "rate_count": len(set(a.rate_keys)),
             "user_key": a.user_key,
             "reserve": a.reserve,
             "tenant": a.tenant,
