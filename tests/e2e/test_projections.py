@@ -309,6 +309,14 @@ def test_reads_wait_for_the_projections_and_status_and_metrics_show_their_lag(
     assert rows["tree"]["position"] == 0
     assert rows["tree"]["lag"] == rows["tree"]["head"] > 0
 
+    # A node of the same cluster that waits long enough for a runner to start and catch
+    # up, however busy the machine (the first node gives up after 1 s, on purpose).
+    server = make_server(
+        TURNSTREAM_PROJECTIONS="false",
+        TURNSTREAM_PROJECTION_WAIT_S="60",
+        TURNSTREAM_DEMO_TOKENS="8",
+        TURNSTREAM_DEMO_TOKENS_PER_S="0",
+    )
     runner = ProjectionsProcess(database_url, db_schema, tmp_path / "runner").start()
     try:
         assert _get(server, f"/v1/conversations/{cid}")["title"] == "Waiting"
