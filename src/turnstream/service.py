@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from typing import Any, Literal, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
@@ -70,7 +70,7 @@ from turnstream.projections.base import lock_key
 from turnstream.projections.conversation_list import NEW_MESSAGES
 from turnstream.projections.reader import Positions, Reader
 from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, ensure_projections
-from turnstream.projections.usage import period_starts
+from turnstream.projections.usage import period_bounds, period_starts
 from turnstream.projections.views import (
     ActiveTurn,
     ConversationPage,
@@ -454,14 +454,14 @@ class ChatService:
         totals = {r["period"]: r for r in rows}
         settings = self.settings
 
-        def period(name: str, start: date, length: timedelta, limit: int) -> UsagePeriod:
+        def period(name: str, start: date, limit: int) -> UsagePeriod:
             row = totals.get(name, {})
             prompt = int(row.get("prompt_tokens") or 0)
             completion = int(row.get("completion_tokens") or 0)
-            begins = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
+            begins, resets = period_bounds(name, start)
             return UsagePeriod(
                 start=begins,
-                resets_at=begins + length,
+                resets_at=resets,
                 turns=int(row.get("turns") or 0),
                 prompt_tokens=prompt,
                 completion_tokens=completion,
@@ -476,8 +476,8 @@ class ChatService:
             allowed = settings.guest_messages
             guest = GuestAllowance(messages=allowed, used=used, remaining=max(0, allowed - used))
         return UsageReport(
-            day=period("day", day, timedelta(days=1), settings.limit_daily_tokens),
-            week=period("week", week, timedelta(days=7), settings.limit_weekly_tokens),
+            day=period("day", day, settings.limit_daily_tokens),
+            week=period("week", week, settings.limit_weekly_tokens),
             limits=UsageLimits(
                 messages_per_minute=settings.limit_messages_per_minute or None,
                 message_chars=settings.limit_message_chars or None,
@@ -674,14 +674,14 @@ class ChatService:
                 retry_after=RETRY_SOON_S,
                 limit=a.max_running,
             )
-        for quota, used, start, length, name in (
-            (a.quota_day, f.used_day, a.day, timedelta(days=1), "daily"),
-            (a.quota_week, f.used_week, a.week, timedelta(days=7), "weekly"),
+        for quota, used, start, period, name in (
+            (a.quota_day, f.used_day, a.day, "day", "daily"),
+            (a.quota_week, f.used_week, a.week, "week", "weekly"),
         ):
             if not quota or used + f.pending < quota:
                 continue
             assert start is not None
-            resets = datetime.combine(start, datetime.min.time(), tzinfo=UTC) + length
+            _, resets = period_bounds(period, start)
             if used >= quota:
                 wait = max(1, math.ceil((resets - now).total_seconds()))
                 detail = (

@@ -23,6 +23,15 @@ def period_starts(moment: datetime) -> tuple[date, date]:
     return day, day - timedelta(days=day.weekday())
 
 
+PERIOD_LENGTH = {"day": timedelta(days=1), "week": timedelta(days=7)}
+
+
+def period_bounds(period: str, start: date) -> tuple[datetime, datetime]:
+    """When the period that starts on ``start`` begins and when it resets (UTC)."""
+    begins = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
+    return begins, begins + PERIOD_LENGTH[period]
+
+
 class UsageCounters(BatchProjection):
     name = "usage"
     topics = (Turn.Started.TOPIC, Turn.Finished.TOPIC, Turn.Failed.TOPIC)
