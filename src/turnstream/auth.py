@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from pathlib import Path
@@ -11,9 +10,16 @@ from typing import Any
 import jwt
 import msgspec
 
-from turnstream.errors import Invalid, Unauthorized
+from turnstream.errors import Unauthorized
+from turnstream.identities import (
+    TENANT_RULE,
+    USER_ID_RULE,
+    check_tenant,
+    check_user_id,
+    is_tenant,
+    is_user_id,
+)
 
-TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 
 
@@ -39,12 +45,8 @@ def mint(
     guest: bool = False,
     admin: bool = False,
 ) -> str:
-    if not TENANT_RE.match(tenant):
-        msg = "A tenant id is 1 to 64 of A-Z, a-z, 0-9, '_' and '-'."
-        raise Invalid(msg)
-    if not user:
-        msg = "A user id cannot be empty."
-        raise Invalid(msg)
+    check_tenant(tenant)
+    check_user_id(user)
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user, "tenant": tenant, "iat": now, "exp": now + ttl_s}
     if guest:
@@ -80,8 +82,11 @@ def verify(secret: str, authorization: str | None) -> Caller:
     if not isinstance(sub, str) or not sub or not isinstance(tenant, str):
         msg = "The token's sub and tenant claims must be strings."
         raise Unauthorized(msg)
-    if not TENANT_RE.match(tenant):
-        msg = "The token's tenant claim is not a valid tenant id."
+    if not is_tenant(tenant):
+        msg = f"The token's tenant claim is not a tenant id ({TENANT_RULE})."
+        raise Unauthorized(msg)
+    if not is_user_id(sub):
+        msg = f"The token's sub claim is not a user id ({USER_ID_RULE})."
         raise Unauthorized(msg)
     roles = claims.get("roles") or []
     return Caller(

@@ -36,7 +36,7 @@ from turnstream.auth import Caller
 from turnstream.bus.envelope import control_subject, decode_envelope, event_of, turn_wildcard
 from turnstream.bus.local import Frame, LocalBus
 from turnstream.bus.nats import NatsLink
-from turnstream.bus.relay import Relay
+from turnstream.bus.relay import Relay, relay_part
 from turnstream.bus.relay_process import RelayProcess
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
@@ -66,7 +66,7 @@ from turnstream.http.sse import PING, encode_frame
 from turnstream.ids import stable_id, uuid7
 from turnstream.limits import RateLimiter
 from turnstream.modes import plan_turn
-from turnstream.projections.base import lock_key
+from turnstream.projections.base import lock_key, projection_part
 from turnstream.projections.conversation_list import NEW_MESSAGES
 from turnstream.projections.reader import Positions, Reader
 from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, ensure_projections
@@ -331,6 +331,15 @@ class ChatService:
             return await asyncio.wait_for(self.run(led), timeout=3)
         except Exception:  # any failure means "not ready"; the probe says no more
             return False
+
+    def repaired(self) -> dict[str, int]:
+        """The events each part took only repaired: ``relay`` (this node's stream) and
+        each projection by name (see the store's ``note_repairs``)."""
+        with self.app.store.datastore.get_connection() as conn:
+            counts = self.app.store.repair_counts(conn)
+        parts = {"relay": relay_part(self.settings.nats_stream)}
+        parts |= {name: projection_part(name) for name in PROJECTIONS}
+        return {label: counts.get(part, 0) for label, part in parts.items()}
 
     async def check_store(self) -> bool:
         def ping() -> bool:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import msgspec
 import platformdirs
 
+from turnstream.identities import TENANT_RULE, is_tenant
+
 ENV_PREFIX = "TURNSTREAM_"
 
 
@@ -162,10 +164,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raw[name] = value
         raw.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            return msgspec.convert(raw, cls, strict=False, dec_hook=_dec_path)
+            settings = msgspec.convert(raw, cls, strict=False, dec_hook=_dec_path)
         except msgspec.ValidationError as exc:
             msg = f"bad setting: {exc} (variables are named {ENV_PREFIX}<FIELD>)"
             raise SettingsError(msg) from None
+        if not is_tenant(settings.guest_tenant):
+            msg = f"bad setting: {ENV_PREFIX}GUEST_TENANT must be {TENANT_RULE}"
+            raise SettingsError(msg)
+        return settings
 
     def to_env(self, **overrides: str) -> dict[str, str]:
         """These settings as ``TURNSTREAM_*`` variables (for a child process), secret left out."""

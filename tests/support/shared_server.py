@@ -24,30 +24,39 @@ from tests.support.server import Server
 
 
 @contextlib.contextmanager
-def served(database_url: str, nats_url: str, data_dir: Path, **env: str) -> Iterator[Server]:
-    """A started server on a fresh schema and stream; stopped and dropped on exit."""
+def a_place(database_url: str, nats_url: str) -> Iterator[tuple[str, NatsTarget]]:
+    """A fresh schema and NATS stream (with its own subject prefix); removed on exit."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     tag = uuid.uuid4().hex[:10]
     target = NatsTarget(url=nats_url, stream=f"TS_{tag.upper()}", prefix=f"ts_{tag}")
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
-    server = Server(
-        database_url,
-        schema,
-        data_dir,
-        env_extra=target.env() | env,
-        secret=secrets.token_urlsafe(32),
-    )
     try:
-        server.start()
-        yield server
+        yield schema, target
     finally:
-        server.stop()
         with contextlib.suppress(Exception):
             asyncio.run(_delete_stream(nats_url, target.stream))
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("set lock_timeout = '30s'")
             conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema)))
+
+
+@contextlib.contextmanager
+def served(database_url: str, nats_url: str, data_dir: Path, **env: str) -> Iterator[Server]:
+    """A started server on a fresh schema and stream; stopped and dropped on exit."""
+    with a_place(database_url, nats_url) as (schema, target):
+        server = Server(
+            database_url,
+            schema,
+            data_dir,
+            env_extra=target.env() | env,
+            secret=secrets.token_urlsafe(32),
+        )
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
 
 
 def count_events(database_url: str, schema: str, originator_id: str | None = None) -> int:

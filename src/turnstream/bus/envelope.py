@@ -13,6 +13,7 @@ so an auditor reads on NATS what the store holds, and the relay never re-encodes
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -22,6 +23,7 @@ import msgspec
 from turnstream.domain.conversation import Conversation, ConversationEvent
 from turnstream.domain.events import DomainEvent
 from turnstream.domain.turn import Turn, TurnEvent
+from turnstream.identities import is_tenant
 
 MSG_ID = "Nats-Msg-Id"
 POSITION = "Turnstream-Position"
@@ -91,17 +93,44 @@ def event_of(envelope: Envelope) -> DomainEvent:
     return event
 
 
+ENCODED = "~"
+"""Marks a subject token that encodes a tenant which is not a tenant id (see below)."""
+
+
+def tenant_token(tenant: str) -> str:
+    """The tenant as a subject token: the tenant id itself.
+
+    Every tenant id is a valid token (ids are checked whole where they enter). A tenant
+    stored before that check (say ``"acme\\n"``) cannot be one: it is written as ``~``
+    and the unpadded base64url of its UTF-8 bytes (``acme\\n`` is ``~YWNtZQo``), a token
+    no tenant id can be. :func:`tenant_of_token` reverses it.
+    """
+    if is_tenant(tenant):
+        return tenant
+    raw = tenant.encode("utf-8", "surrogatepass")
+    return ENCODED + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def tenant_of_token(token: str) -> str:
+    """The tenant a subject token names (the inverse of :func:`tenant_token`)."""
+    if not token.startswith(ENCODED):
+        return token
+    text = token[len(ENCODED) :]
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return raw.decode("utf-8", "surrogatepass")
+
+
 def turn_subject(prefix: str, tenant: str, conversation_id: UUID, turn_id: UUID, kind: str) -> str:
-    return f"{prefix}.{tenant}.{conversation_id}.turn.{turn_id}.{kind}"
+    return f"{prefix}.{tenant_token(tenant)}.{conversation_id}.turn.{turn_id}.{kind}"
 
 
 def conversation_subject(prefix: str, tenant: str, conversation_id: UUID, kind: str) -> str:
-    return f"{prefix}.{tenant}.{conversation_id}.conversation.{kind}"
+    return f"{prefix}.{tenant_token(tenant)}.{conversation_id}.conversation.{kind}"
 
 
 def turn_wildcard(prefix: str, tenant: str, conversation_id: UUID, turn_id: UUID) -> str:
     """Every event of one turn."""
-    return f"{prefix}.{tenant}.{conversation_id}.turn.{turn_id}.*"
+    return f"{prefix}.{tenant_token(tenant)}.{conversation_id}.turn.{turn_id}.*"
 
 
 def control_subject(prefix: str, node_id: UUID) -> str:
@@ -118,8 +147,10 @@ _FIELD_NOTES: dict[str, dict[str, Any]] = {
     },
     "type": {"description": "The event's type; the last token of its subject."},
     "tenant": {
-        "description": "The tenant that owns the conversation.",
-        "pattern": "^[A-Za-z0-9_-]{1,64}$",
+        "description": "The tenant that owns the conversation: a tenant id"
+        " (`^[A-Za-z0-9_-]{1,64}$`, also the subject's token), except in events stored"
+        " before tenant ids were checked whole, whose subject token encodes the tenant"
+        " as `~` and the unpadded base64url of its UTF-8 bytes.",
     },
     "conversation_id": {"description": "The conversation the event belongs to."},
     "turn_id": {"description": "The turn, for turn events; null for conversation events."},

@@ -51,6 +51,7 @@ from turnstream.bus.envelope import (
 )
 from turnstream.bus.nats import NatsLink
 from turnstream.domain.application import TurnstreamApplication
+from turnstream.identities import is_tenant
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ def relay_lock_key(schema: str, stream: str) -> int:
     """The advisory lock of the active relay of one store and stream (a bigint)."""
     digest = hashlib.blake2b(f"{schema}/{stream}".encode(), digest_size=4).digest()
     return (RELAY_LOCK_CLASS << 32) | int.from_bytes(digest, "big")
+
+
+def relay_part(stream: str) -> str:
+    """The relay of ``stream``'s name among the parts that note repairs."""
+    return f"relay/{stream}"
 
 
 def checkpointed_position(app: TurnstreamApplication, stream: str) -> int:
@@ -106,6 +112,8 @@ class _Owner(NamedTuple):
     id: str
     subject: str
     """The subject of its events, up to their type."""
+    encoded: bool = False
+    """Whether the tenant had to be encoded to be a subject token (see ``tenant_token``)."""
 
 
 class _Wire(msgspec.Struct):
@@ -365,16 +373,17 @@ class Relay:
         """Note what the subject and envelope of an aggregate's events need, from its first."""
         assert first.tenant is not None
         text = str(aggregate_id)
+        encoded = not is_tenant(first.tenant)
         if is_turn:
             assert first.conversation_id is not None
             conversation_id = str(first.conversation_id)
             subject = turn_subject(
                 self.prefix, first.tenant, first.conversation_id, aggregate_id, ""
             )
-            owner = _Owner(first.tenant, conversation_id, text, text, subject)
+            owner = _Owner(first.tenant, conversation_id, text, text, subject, encoded)
         else:
             subject = conversation_subject(self.prefix, first.tenant, aggregate_id, "")
-            owner = _Owner(first.tenant, text, None, text, subject)
+            owner = _Owner(first.tenant, text, None, text, subject, encoded)
         owners = self._owners
         owners[aggregate_id] = owner
         if len(owners) > OWNER_CACHE:
@@ -384,8 +393,13 @@ class Relay:
     # Building messages.
 
     def _messages(self, conn: psycopg.Connection[Any], rows: list[StoredRow]) -> list[Message]:
-        """(subject, body, position, msg id) for each row, in order."""
+        """(subject, body, position, msg id) for each row, in order.
+
+        Every stored event is published, whatever it holds: one whose tenant is not a
+        subject token goes out on the encoded token, and is noted once as a repair.
+        """
         owners = self._owners
+        encoded: list[tuple[int, str]] = []
         missing = [r.originator_id for r in rows if r.version > 1 and r.originator_id not in owners]
         if missing:
             self._lookup_owners(conn, list(dict.fromkeys(missing)))
@@ -406,6 +420,8 @@ class Relay:
             if owner is None:
                 msg = f"event at position {row.position}: no first event for {row.originator_id}"
                 raise RelayError(msg)
+            if owner.encoded:
+                encoded.append((row.position, "subject"))
             event_id = f"{owner.id}:{row.version}"
             body = _wire.encode(
                 _Wire(
@@ -421,7 +437,20 @@ class Relay:
                 )
             )
             out.append((owner.subject + kind, body, row.position, event_id))
+        if encoded:
+            self._note_encoded(conn, encoded, out)
         return out
+
+    def _note_encoded(
+        self, conn: psycopg.Connection[Any], encoded: list[tuple[int, str]], out: list[Message]
+    ) -> None:
+        subjects = {position: subject for subject, _, position, _ in out}
+        for position, _ in self.app.store.note_repairs(conn, relay_part(self.stream), encoded):
+            log.warning(
+                "event at position %d: its tenant is not a subject token; published on %s",
+                position,
+                subjects[position],
+            )
 
     # The inner loop, while leading.
 

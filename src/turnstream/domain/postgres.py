@@ -129,8 +129,19 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         self.index_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_turns"))
         self.events_table = SQL("{}.{}").format(schema, Identifier(events_table_name))
         self.relay_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_relay"))
+        self.repairs_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_repairs"))
         self.sql_create_statements.extend(
             [
+                # Events the relay or a projection could take only repaired (see
+                # note_repairs); one row per part and event, so each is counted once.
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {} ("
+                    " part text NOT NULL,"
+                    " position bigint NOT NULL,"
+                    " reason text NOT NULL,"
+                    " noted_at timestamptz NOT NULL DEFAULT now(),"
+                    " PRIMARY KEY (part, position))"
+                ).format(self.repairs_table),
                 # The relay's checkpoint: a stream sequence and the position it holds.
                 SQL(
                     "CREATE TABLE IF NOT EXISTS {} ("
@@ -374,6 +385,39 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
             if isinstance(exc, psycopg.errors.UniqueViolation):
                 raise IntegrityError(str(exc.diag.constraint_name)) from None
             raise
+
+    # Repairs.
+
+    def note_repairs(
+        self, conn: psycopg.Connection[Any], part: str, repairs: Sequence[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        """Note that ``part`` (``relay/<stream>``, ``projection/<name>``) took the events
+        at these positions only repaired, for the reasons given; the ones not noted
+        before come back (so each is logged once, across restarts and rebuilds).
+
+        The log is never changed: a repair is what a reader made of an event that it
+        could not take as it is (a tenant that is no subject token, a text with NUL).
+        """
+        if not repairs:
+            return []
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                SQL(
+                    "INSERT INTO {} (part, position, reason)"
+                    " SELECT %s, p, r FROM unnest(%s::bigint[], %s::text[]) AS t(p, r)"
+                    " ON CONFLICT DO NOTHING RETURNING position, reason"
+                ).format(self.repairs_table),
+                (part, [p for p, _ in repairs], [r for _, r in repairs]),
+            )
+            return [(int(p), str(r)) for p, r in cur.fetchall()]
+
+    def repair_counts(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
+        """How many events each part took repaired (parts with none are absent)."""
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                SQL("SELECT part, count(*) FROM {} GROUP BY part").format(self.repairs_table)
+            )
+            return {str(part): int(n) for part, n in cur.fetchall()}
 
     # The turn index.
 

@@ -23,6 +23,7 @@ from turnstream.errors import Invalid, Unauthorized
 from turnstream.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems, problem
 from turnstream.http.sse import HEADERS
+from turnstream.identities import TENANT_PATTERN, check_tenant
 from turnstream.ids import uuid7
 from turnstream.limits import client_address, parse_networks
 from turnstream.projections.runner import status as projection_status
@@ -57,7 +58,7 @@ class NewTurn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class GuestRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    tenant: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    tenant: Annotated[str, msgspec.Meta(pattern=TENANT_PATTERN)] | None = None
     """The tenant whose guest this is (the configured guest tenant by default)."""
 
 
@@ -164,11 +165,12 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
             checkpointed_position, service.app, service.settings.nats_stream
         )
         projections = await service.run(projection_status, service.app)
+        repaired = await service.run(service.repaired)
     except Exception:  # the store is down: say so, as /readyz does
         return problem(
             503, "service_unavailable", "Service unavailable", "PostgreSQL not reachable."
         )
-    body = service.metrics.render(projections, relayed)
+    body = service.metrics.render(projections, relayed, repaired)
     return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
@@ -360,7 +362,8 @@ async def new_guest(
 ) -> GuestToken:
     await service.guest_allowed(_client(request))
     settings = service.settings
-    tenant = (data.tenant if data is not None else None) or settings.guest_tenant
+    tenant = check_tenant(data.tenant) if data is not None and data.tenant else None
+    tenant = tenant or settings.guest_tenant
     user_id = f"guest-{uuid7()}"
     ttl = settings.guest_token_ttl_s
     token = mint(request.app.state.jwt_secret, tenant=tenant, user=user_id, ttl_s=ttl, guest=True)

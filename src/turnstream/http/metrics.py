@@ -9,7 +9,7 @@ workers and the relay may run in other processes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -66,6 +66,14 @@ class Metrics:
         self.relay_lag = Gauge(
             "turnstream_relay_lag_events",
             "Log positions between the head and the relay's last checkpoint (0: all on NATS).",
+            registry=self.registry,
+        )
+        self.repaired = Gauge(
+            "turnstream_repaired_events",
+            "Stored events that a part could take only repaired, each counted once: the"
+            " relay's (a tenant that is no subject token, published encoded) and each"
+            " projection's (text a view cannot hold, stored with U+FFFD).",
+            ["part"],
             registry=self.registry,
         )
         self.time_to_first_token = Histogram(
@@ -134,9 +142,14 @@ class Metrics:
         """Meter a turn starting now on this node; ``close()`` it when its runner ends."""
         return TurnMeter(self, model, submit)
 
-    def render(self, projections: list[ProjectionStatus], relayed: int) -> bytes:
+    def render(
+        self, projections: list[ProjectionStatus], relayed: int, repaired: Mapping[str, int]
+    ) -> bytes:
         """The exposition, with the store's positions as just read (``relayed``: the
-        relay's checkpoint, read before the projections, so never past their head)."""
+        relay's checkpoint, read before the projections, so never past their head;
+        ``repaired``: each part's repaired events)."""
+        for part, count in repaired.items():
+            self.repaired.labels(part).set(count)
         for p in projections:
             self.log_head.set(p.head)
             self.projection_position.labels(p.name).set(p.position)

@@ -55,6 +55,11 @@ def lock_key(schema: str, projection: str) -> int:
     return (LOCK_CLASS << 32) | int.from_bytes(digest, "big")
 
 
+def projection_part(name: str) -> str:
+    """Projection ``name``'s name among the parts that note repairs."""
+    return f"projection/{name}"
+
+
 def channel(schema: str) -> str:
     """The NOTIFY channel where runners announce ``<projection> <position>``."""
     return f"{schema}{CHANNEL_SUFFIX}"

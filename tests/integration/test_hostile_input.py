@@ -1,0 +1,103 @@
+"""Poison input at the boundary: refused with a clear problem, nothing stored, nobody stopped.
+
+One in-process service for the module (guests on). Each case is a request an attacker
+could send; each answer must be a 4xx problem that names what is wrong, the store must
+hold nothing new, and the relay and projections must still be at the log's head.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.support.inprocess import Served, in_process_settings, serving
+from tests.support.shared_server import a_place, bearer
+
+
+@pytest.fixture(scope="module")
+def api(database_url: str, nats_url: str) -> Iterator[Served]:
+    with a_place(database_url, nats_url) as (schema, target):
+        settings = in_process_settings(database_url, schema, target, guest_messages=3)
+        with serving(settings) as served:
+            yield served
+
+
+@pytest.fixture(scope="module")
+def client(api: Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.base_url, headers=api.headers(), timeout=30) as c:
+        yield c
+
+
+def event_count(api: Served) -> int:
+    with psycopg.connect(api.container.database_url) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.turnstream_events").format(
+                sql.Identifier(api.settings.database_schema)
+            )
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def signed(api: Served, **claims: Any) -> str:
+    """A token signed with the service's secret, with whatever claims it is given."""
+    body = {"sub": "alice", "tenant": "acme", "exp": int(time.time()) + 600} | claims
+    return jwt.encode(body, api.container.jwt_secret, algorithm="HS256")
+
+
+def assert_problem(r: httpx.Response, status: int, code: str, mentions: str = "") -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body = r.json()
+    assert body["code"] == code, body
+    assert mentions in body["detail"], body
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"tenant": "acme\n"},
+        {"tenant": "acme\r\n"},
+        {"tenant": "ac.me"},
+        {"tenant": "*"},
+        {"tenant": ">"},
+        {"tenant": ""},
+        {"sub": "alice\x00"},
+        {"sub": "ali\nce"},
+        {"sub": "\u0085"},
+        {"sub": "x" * 256},
+    ],
+    ids=repr,
+)
+def test_a_token_whose_tenant_or_user_is_no_id_is_refused(
+    api: Served, client: httpx.Client, claims: dict[str, str]
+) -> None:
+    before = event_count(api)
+    headers = bearer(signed(api, **claims))
+    assert_problem(client.get("/v1/conversations", headers=headers), 401, "unauthorized")
+    r = client.post("/v1/conversations", json={}, headers=headers)
+    assert_problem(r, 401, "unauthorized")
+    assert event_count(api) == before
+
+
+@pytest.mark.parametrize("tenant", ["acme\n", "acme\r", " acme", "ac.me", "*", ">", "ä"])
+def test_a_guest_of_a_tenant_that_is_no_id_is_refused(
+    api: Served, client: httpx.Client, tenant: str
+) -> None:
+    r = httpx.post(f"{api.base_url}/v1/guest", json={"tenant": tenant}, timeout=30)
+    assert_problem(r, 400, "invalid_request", "tenant")
+
+
+def test_a_guest_of_a_good_tenant_gets_a_token_that_works(api: Served) -> None:
+    r = httpx.post(f"{api.base_url}/v1/guest", json={"tenant": "acme-2"}, timeout=30)
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    r = httpx.get(f"{api.base_url}/v1/conversations", headers=bearer(token), timeout=30)
+    assert r.status_code == 200, r.text

@@ -1,0 +1,103 @@
+"""The log is forever: no single stored event may stop the relay or a projection.
+
+Events as an older version could have stored them (a tenant ``acme\\n``, text with NUL)
+are written straight to the store; the relay publishes them and everything after them,
+on an encoded subject token, and notes each once as a repair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import NatsTarget
+from tests.integration.test_relay import relay_on, settings_for, write
+from tests.support.jetstream import stored_events, stream_messages
+from turnstream.bootstrap import build_application
+from turnstream.bus.envelope import tenant_of_token
+from turnstream.domain.application import TurnstreamApplication
+from turnstream.domain.conversation import Conversation
+from turnstream.domain.events import DomainEvent, utcnow
+from turnstream.domain.turn import Turn
+from turnstream.ids import uuid7
+from turnstream.settings import Settings
+
+BAD_TENANT = "acme\n"
+
+
+def a_conversation(tenant: str, text: str = "hello") -> list[DomainEvent]:
+    """A conversation with one finished turn, as the service would store it."""
+    now = utcnow()
+    cid, tid = uuid7(), uuid7()
+    return [
+        Conversation.Created(
+            originator_id=cid, originator_version=1, timestamp=now, tenant=tenant,
+            owner="alice", model="demo", title=f"about {text}",
+        ),
+        Turn.Started(
+            originator_id=tid, originator_version=1, timestamp=now, conversation_id=cid,
+            tenant=tenant, user_id="alice", node_id=cid, mode="message",
+            user_message_id=uuid7(), assistant_message_id=uuid7(), parent_id=None,
+            model="demo", content=text,
+        ),
+        Turn.TokensAppended(originator_id=tid, originator_version=2, timestamp=now, text=text),
+        Turn.Finished(
+            originator_id=tid, originator_version=3, timestamp=now, status="completed",
+            text=text,
+        ),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def app(database_url: str, db_schema: str) -> Iterator[TurnstreamApplication]:
+    application = build_application(Settings(database_schema=db_schema), database_url)
+    yield application
+    application.close()
+
+
+def repairs(app: TurnstreamApplication) -> dict[str, int]:
+    with app.connect() as conn:
+        return app.store.repair_counts(conn)
+
+
+async def test_a_tenant_that_is_no_subject_token_is_relayed_encoded_and_the_rest_follows(
+    app: TurnstreamApplication,
+    nats_target: NatsTarget,
+    database_url: str,
+    db_schema: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_for(nats_target, database_url, db_schema)
+    # A conversation of tenant "acme\n" (stored as an old version could have), then
+    # one of a good tenant behind it.
+    poisoned = a_conversation(BAD_TENANT)
+    write(app, poisoned)
+    head = write(app, a_conversation("acme"))
+    with caplog.at_level(logging.WARNING, logger="turnstream.bus.relay"):
+        async with relay_on(app, settings) as running:
+            await running.caught_up(head)
+            assert running.relay.status.last_error is None
+        # A second relay resumes from the stream: nothing is noted or logged again.
+        head = write(app, a_conversation("acme"))
+        async with relay_on(app, settings) as running:
+            await running.caught_up(head)
+    relayed = await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix)
+    stored = stored_events(database_url, db_schema)
+    # Every stored event is on the stream, once, in order.
+    assert [m.headers["Turnstream-Position"] for m in relayed] == [str(e.position) for e in stored]
+    # The poisoned events went out on the encoded token; their body holds the tenant as
+    # stored, and the token decodes to it.
+    bad = relayed[: len(poisoned)]
+    for message in bad:
+        token = message.subject.split(".")[1]
+        assert token == "~YWNtZQo"
+        assert tenant_of_token(token) == BAD_TENANT
+        assert json.loads(message.body)["tenant"] == BAD_TENANT
+    assert all(m.subject.split(".")[1] == "acme" for m in relayed[len(poisoned) :])
+    # Each was noted once, and logged once.
+    assert repairs(app) == {f"relay/{nats_target.stream}": len(poisoned)}
+    logged = [r for r in caplog.records if "not a subject token" in r.getMessage()]
+    assert len(logged) == len(poisoned)

@@ -1,0 +1,98 @@
+"""The whole service in the test's own process: uvicorn on a thread, real HTTP on loopback.
+
+Built by the same composition root as ``turnstream serve`` (``bootstrap`` and
+``create_app``), with the relay and the projection workers in-process (no child
+processes), against the test's PostgreSQL schema and NATS stream. Requests cross a
+real socket and uvicorn's real HTTP parser, so headers arrive as a client sends them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from tests.conftest import NatsTarget
+from turnstream.auth import mint
+from turnstream.bootstrap import Container, bootstrap
+from turnstream.http.app import create_app
+from turnstream.settings import Settings
+
+
+@dataclass
+class Served:
+    container: Container
+    base_url: str
+
+    @property
+    def settings(self) -> Settings:
+        return self.container.settings
+
+    def token(self, tenant: str = "acme", user: str = "alice", **kw: Any) -> str:
+        return mint(self.container.jwt_secret, tenant=tenant, user=user, **kw)
+
+    def headers(self, tenant: str = "acme", user: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(tenant, user)}"}
+
+
+def in_process_settings(
+    database_url: str, schema: str, nats: NatsTarget, **overrides: Any
+) -> Settings:
+    """Settings for a service in the test process: everything in it, fast demo turns."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "database_schema": schema,
+        "nats_url": nats.url,
+        "nats_stream": nats.stream,
+        "nats_subject_prefix": nats.prefix,
+        "jwt_secret": secrets.token_urlsafe(32),
+        "relay_process": False,
+        "projections_process": False,
+        "relay_takeover_s": 0.2,
+        "runner_check_interval_s": 0.5,
+        "demo_tokens": 8,
+        "demo_tokens_per_s": 0.0,
+        "shutdown_grace_s": 0.0,
+        "log_level": "WARNING",
+    }
+    return Settings(**(values | overrides))
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, timeout: float = 60.0) -> Iterator[Served]:
+    """The service on a free loopback port until the block ends; ready when yielded."""
+    container = bootstrap(settings)
+    app = create_app(container.service, container.jwt_secret, settings.max_body_bytes)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
+    )
+    thread.start()
+    served = Served(container, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert thread.is_alive(), "the in-process server stopped while starting"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{served.base_url}/readyz", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the in-process server did not become ready"
+            time.sleep(0.05)
+        yield served
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        container.close()
