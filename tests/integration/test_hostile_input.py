@@ -101,3 +101,51 @@ def test_a_guest_of_a_good_tenant_gets_a_token_that_works(api: Served) -> None:
     token = r.json()["token"]
     r = httpx.get(f"{api.base_url}/v1/conversations", headers=bearer(token), timeout=30)
     assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def conversation(client: httpx.Client) -> str:
+    r = client.post("/v1/conversations", json={})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+NUL = "hi\x00there"
+TURNS = "/v1/conversations/{cid}/turns"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", TURNS, {"content": NUL}, "content"),
+        ("POST", TURNS, {"content": "hi", "request_id": NUL}, "request_id"),
+        ("POST", "/v1/conversations", {"title": NUL}, "title"),
+        ("POST", "/v1/conversations", {"system_prompt": NUL}, "system_prompt"),
+        ("POST", "/v1/conversations", {NUL: 1}, NUL),
+        ("PATCH", "/v1/conversations/{cid}", {"title": NUL}, "title"),
+        ("POST", "/v1/guest", {"tenant": NUL}, "tenant"),
+    ],
+)  # fmt: skip
+def test_text_with_a_nul_is_refused_and_its_field_named(
+    api: Served,
+    client: httpx.Client,
+    conversation: str,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    before = event_count(api)
+    r = client.request(method, path.format(cid=conversation), json=body)
+    assert_problem(r, 400, "invalid_request", f"{field}: text cannot contain the NUL")
+    assert event_count(api) == before
+
+
+def test_a_lone_surrogate_is_refused(client: httpx.Client, conversation: str) -> None:
+    body = b'{"content": "hi \\ud800"}'
+    r = client.post(
+        f"/v1/conversations/{conversation}/turns",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(r, 400, "invalid_request")

@@ -7,22 +7,30 @@ on an encoded subject token, and notes each once as a repair.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterator
 
+import httpx
+import nats
 import pytest
 
 from tests.conftest import NatsTarget
 from tests.integration.test_relay import relay_on, settings_for, write
+from tests.support.inprocess import Served, in_process_settings, serving
 from tests.support.jetstream import stored_events, stream_messages
+from tests.support.shared_server import a_place
 from turnstream.bootstrap import build_application
-from turnstream.bus.envelope import tenant_of_token
+from turnstream.bus.envelope import POSITION, tenant_of_token
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent, utcnow
 from turnstream.domain.turn import Turn
 from turnstream.ids import uuid7
+from turnstream.projections import cli as projections_cli
+from turnstream.projections.runner import status as projection_status
 from turnstream.settings import Settings
 
 BAD_TENANT = "acme\n"
@@ -101,3 +109,78 @@ async def test_a_tenant_that_is_no_subject_token_is_relayed_encoded_and_the_rest
     assert repairs(app) == {f"relay/{nats_target.stream}": len(poisoned)}
     logged = [r for r in caplog.records if "not a subject token" in r.getMessage()]
     assert len(logged) == len(poisoned)
+
+
+NUL_TEXT = "hi\x00there"
+
+
+def test_text_a_view_cannot_hold_is_projected_repaired_and_counted_once(
+    database_url: str, nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with a_place(database_url, nats_url) as (schema, target):
+        settings = in_process_settings(database_url, schema, target)
+        with serving(settings) as api:
+            app = api.container.app
+            # Poison as an older version could have stored it: a tenant "acme\n" and
+            # text with NUL; then a good conversation behind it, through the API.
+            poisoned = a_conversation(BAD_TENANT, NUL_TEXT) + a_conversation("acme", NUL_TEXT)
+            write(app, poisoned)
+            good = httpx.post(
+                f"{api.base_url}/v1/conversations", json={}, headers=api.headers(), timeout=30
+            )
+            assert good.status_code == 201, good.text
+            # The relay and every projection reach the log's head.
+            head = wait_everything_at_head(api)
+            # The good conversation reads as always (reads wait for the projections).
+            cid = good.json()["id"]
+            r = httpx.get(f"{api.base_url}/v1/conversations/{cid}", headers=api.headers())
+            assert r.status_code == 200, r.text
+            # The poisoned conversation of tenant "acme" is in the views, its text with
+            # U+FFFD where the NUL was; the log keeps the original.
+            poisoned_cid = poisoned[4].originator_id
+            r = httpx.get(f"{api.base_url}/v1/conversations/{poisoned_cid}", headers=api.headers())
+            assert r.status_code == 200, r.text
+            view = r.json()
+            assert view["title"] == "about hi\ufffdthere"
+            assert [m["content"] for m in view["messages"]] == ["hi\ufffdthere"] * 2
+            stored = stored_events(database_url, schema)
+            assert b"hi\\u0000there" in stored[4].state
+            # Counted: by each projection that holds such text, and the relay.
+            metrics = httpx.get(f"{api.base_url}/metrics").text
+            expected = {"relay": 4, "tree": 6, "conversations": 2, "usage": 0}
+            for part, count in expected.items():
+                assert f'turnstream_repaired_events{{part="{part}"}} {count}.0' in metrics
+            projections_cli.main(api.settings, "status", None, as_json=True)
+            status = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert {s["name"]: s["repaired"] for s in status} == {
+                k: v for k, v in expected.items() if k != "relay"
+            }
+            assert all(s["position"] == head for s in status)
+
+
+def wait_everything_at_head(api: Served, timeout: float = 60.0) -> int:
+    """Wait until the relay's stream and every projection hold the log's head."""
+    app = api.container.app
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = projection_status(app)
+        head = statuses[0].head
+        relayed = asyncio.run(last_position(api.settings.nats_url or "", api.settings.nats_stream))
+        if relayed >= head and all(s.position >= head for s in statuses):
+            return head
+        assert time.monotonic() < deadline, (head, relayed, statuses)
+        time.sleep(0.05)
+
+
+async def last_position(url: str, stream: str) -> int:
+    """The log position of the stream's last message (0 when it is empty)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        if not info.state.last_seq:
+            return 0
+        message = await js.get_msg(stream, info.state.last_seq)
+        return int((message.headers or {})[POSITION])
+    finally:
+        await nc.close()

@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from turnstream.auth import Caller, mint, verify
 from turnstream.bus.relay import checkpointed_position
 from turnstream.errors import Invalid, Unauthorized
+from turnstream.http.bodies import StrictRequest
 from turnstream.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems, problem
 from turnstream.http.sse import HEADERS
@@ -425,6 +426,7 @@ def create_app(service: ChatService, jwt_secret: str, max_body_bytes: int) -> Li
     app = Litestar(
         route_handlers=[healthz, readyz, metrics, v1],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=StrictRequest,
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         request_max_body_size=max_body_bytes,

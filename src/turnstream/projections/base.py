@@ -21,6 +21,7 @@ last batch.
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -39,6 +40,28 @@ Op = tuple[str, Sequence[Any]]
 REGISTRY = "projections"
 CHANNEL_SUFFIX = "_projections"
 LOCK_CLASS = 0x70726F6A  # "proj"
+
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+"""What a PostgreSQL text value cannot hold: NUL, and lone surrogates (no UTF-8 form)."""
+REPLACEMENT = "\ufffd"
+
+
+def storable(ops: list[Op]) -> tuple[list[Op], bool]:
+    """``ops`` with every text a view cannot hold made storable, and whether any was.
+
+    The boundary refuses such text, but the log is forever: an event stored before it
+    did (or a model's answer with a NUL) must not stop a view. The view holds the text
+    with U+FFFD in place of each such character; the log keeps the original.
+    """
+    repaired = False
+    out: list[Op] = []
+    for statement, params in ops:
+        if any(isinstance(p, str) and _UNSTORABLE.search(p) for p in params):
+            params = [_UNSTORABLE.sub(REPLACEMENT, p) if isinstance(p, str) else p for p in params]
+            repaired = True
+        out.append((statement, params))
+    return out, repaired
 
 
 def table_name(table: str, generation: int) -> str:
@@ -142,10 +165,15 @@ class BatchProjection(Projection[ViewStore]):
     def changes(self, event: DomainEvent, position: int) -> list[Op]:
         """The statements that apply ``event`` (stored at ``position``) to the view."""
 
+    def storable_changes(self, event: DomainEvent, position: int) -> tuple[list[Op], bool]:
+        """:meth:`changes`, made :func:`storable`; and whether they had to be."""
+        return storable(self.changes(event, position))
+
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """The library's entry point: one event in its own transaction."""
         with self.view.datastore.transaction(commit=True) as cursor:
-            for statement, params in self.changes(domain_event, tracking.notification_id):
+            ops, _ = self.storable_changes(domain_event, tracking.notification_id)
+            for statement, params in ops:
                 cursor.execute(statement, params)
             self.view.track(cursor, tracking)
 

@@ -41,13 +41,23 @@ def cmd_status(settings: Settings, *, as_json: bool) -> int:
                         "position": row.position,
                         "head": row.head,
                         "lag": row.lag,
+                        "repaired": row.repaired,
                     }
                 )
             )
         return 0
-    table = Table("projection", "generation", "position", "log head", "lag (events)")
+    table = Table(
+        "projection", "generation", "position", "log head", "lag (events)", "repaired events"
+    )
     for row in rows:
-        table.add_row(row.name, str(row.generation), str(row.position), str(row.head), str(row.lag))
+        table.add_row(
+            row.name,
+            str(row.generation),
+            str(row.position),
+            str(row.head),
+            str(row.lag),
+            str(row.repaired),
+        )
     Console().print(table)
     return 0
 

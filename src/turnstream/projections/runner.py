@@ -33,9 +33,11 @@ from turnstream.domain.postgres import DELTAS_ONLY
 from turnstream.projections.base import (
     REGISTRY,
     BatchProjection,
+    Op,
     ViewStore,
     channel,
     lock_key,
+    projection_part,
     registry_sql,
     tracking_name,
 )
@@ -177,6 +179,13 @@ class Batch:
         announces its position to readers. A rebuild fills a generation that is not
         active yet; its last page (``activate``) makes it the active one.
         """
+        changes: list[Op] = []
+        repairs: list[tuple[int, str]] = []
+        for event, at in events:
+            ops, repaired = self.projection.storable_changes(event, at)
+            changes += ops
+            if repaired:
+                repairs.append((at, "text"))
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
             if activate:
                 cur.execute(
@@ -191,14 +200,21 @@ class Batch:
                 row = cur.fetchone()
                 if row is None or int(row[0]) != self.generation:
                     raise GenerationChanged
+            noted = self.app.store.note_repairs(conn, projection_part(self.name), repairs)
             with conn.pipeline():
-                for event, at in events:
-                    for statement, params in self.projection.changes(event, at):
-                        cur.execute(statement, params)
+                for statement, params in changes:
+                    cur.execute(statement, params)
                 self.view.track(cur, Tracking(APP_NAME, position))
             if activate or not rebuilding:
                 # Delivered at commit: readers waiting for this position stop waiting.
                 cur.execute("SELECT pg_notify(%s, %s)", (self._channel, f"{self.name} {position}"))
+        for at, _ in noted:
+            log.warning(
+                "projection %s: the event at position %d holds text a view cannot hold (NUL);"
+                " its view holds it with U+FFFD, the log keeps the original",
+                self.name,
+                at,
+            )
 
 
 def _head(conn: psycopg.Connection[Any], app: TurnstreamApplication) -> int:
@@ -360,6 +376,8 @@ class ProjectionStatus:
     generation: int
     position: int
     head: int
+    repaired: int = 0
+    """Events whose text the view holds repaired (see ``storable``), each counted once."""
 
     @property
     def lag(self) -> int:
@@ -371,6 +389,7 @@ def status(app: TurnstreamApplication) -> list[ProjectionStatus]:
     result = []
     with app.store.datastore.get_connection() as conn:
         head = _head(conn, app)
+        repaired = app.store.repair_counts(conn)
         for name in PROJECTIONS:
             gen = active_generation(conn, app, name)
             position = _one(
@@ -381,5 +400,6 @@ def status(app: TurnstreamApplication) -> list[ProjectionStatus]:
                 ).format(schema, Identifier(f"{name}_tracking")),
                 (APP_NAME,),
             )
-            result.append(ProjectionStatus(name, gen, int(position), head))
+            count = repaired.get(projection_part(name), 0)
+            result.append(ProjectionStatus(name, gen, int(position), head, count))
     return result

@@ -1,0 +1,43 @@
+"""Request bodies read strictly: text PostgreSQL can store, before any handler runs.
+
+Every JSON body passes here (the app's request class), so every field of every route,
+today's and tomorrow's, is held to the same rules. A body that breaks one is a 400
+``invalid_request`` that names the field; nothing is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from turnstream.errors import Invalid
+
+
+def check_text(value: Any, path: str = "") -> None:
+    """Refuse a NUL character (U+0000) anywhere in ``value``'s strings, keys included.
+
+    PostgreSQL text cannot hold it: an event that carried one into a view would stop
+    that view. JSON decoding already refuses lone surrogates (they have no UTF-8 form).
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            msg = f"{path or 'body'}: text cannot contain the NUL character (U+0000)."
+            raise Invalid(msg, field=path or "body")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            check_text(key, where)
+            check_text(item, where)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            check_text(item, f"{path}[{n}]")
+
+
+class StrictRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is checked by :func:`check_text` once decoded."""
+
+    async def json(self) -> Any:
+        value = await super().json()
+        check_text(value)
+        return value
