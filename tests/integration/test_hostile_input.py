@@ -149,3 +149,47 @@ def test_a_lone_surrogate_is_refused(client: httpx.Client, conversation: str) ->
         headers={"Content-Type": "application/json"},
     )
     assert_problem(r, 400, "invalid_request")
+
+
+def deep(levels: int, inner: bytes = b"1") -> bytes:
+    return b"[" * levels + inner + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", TURNS, b'{"content": ' + deep(10_000) + b"}"),
+        ("POST", TURNS, deep(10_000)),
+        ("POST", TURNS, b'{"x": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_000 + b"}"),
+        ("POST", "/v1/conversations", b'{"title": ' + deep(10_000) + b"}"),
+        ("POST", "/v1/conversations", deep(65)),
+        ("PATCH", "/v1/conversations/{cid}", b'{"title": ' + deep(10_000) + b"}"),
+        ("POST", "/v1/guest", deep(10_000)),
+        ("POST", TURNS, b'{"content": ' + b"[" * 10_000),
+    ],
+    ids=["field", "body", "object", "conversation", "65", "patch", "guest", "unclosed"],
+)  # fmt: skip
+def test_json_nested_deeper_than_the_limit_is_refused(
+    api: Served, client: httpx.Client, conversation: str, method: str, path: str, body: bytes
+) -> None:
+    before = event_count(api)
+    r = client.request(
+        method,
+        path.format(cid=conversation),
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(r, 400, "invalid_request", "more than 64 deep")
+    assert event_count(api) == before
+
+
+def test_json_as_deep_as_the_limit_is_read(client: httpx.Client) -> None:
+    # 64 levels are fine (the body is the wrong shape, so its own 400 says so).
+    r = client.post(
+        "/v1/conversations", content=deep(64), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert "deep" not in r.json()["detail"]
+    # Brackets inside strings do not nest.
+    r = client.post("/v1/conversations", json={"system_prompt": '[\\"{' * 10_000})
+    assert r.status_code == 201, r.text

@@ -1,4 +1,4 @@
-"""Request bodies read strictly: text PostgreSQL can store, before any handler runs.
+"""Request bodies read strictly: bounded nesting, text PostgreSQL can store.
 
 Every JSON body passes here (the app's request class), so every field of every route,
 today's and tomorrow's, is held to the same rules. A body that breaks one is a 400
@@ -12,6 +12,7 @@ from typing import Any
 from litestar import Request
 
 from turnstream.errors import Invalid
+from turnstream.strict import MAX_JSON_DEPTH, json_too_deep
 
 
 def check_text(value: Any, path: str = "") -> None:
@@ -35,9 +36,13 @@ def check_text(value: Any, path: str = "") -> None:
 
 
 class StrictRequest(Request[Any, Any, Any]):
-    """A request whose JSON body is checked by :func:`check_text` once decoded."""
+    """A request whose JSON body is checked for its depth before it is decoded, and by
+    :func:`check_text` after."""
 
     async def json(self) -> Any:
+        if json_too_deep(await self.body()):
+            msg = f"body: JSON nests arrays and objects more than {MAX_JSON_DEPTH} deep."
+            raise Invalid(msg, field="body")
         value = await super().json()
         check_text(value)
         return value

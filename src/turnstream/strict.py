@@ -1,0 +1,32 @@
+"""Strict reading of what clients send: how deep JSON may nest.
+
+Python's JSON decoders recurse once per level and give up with ``RecursionError``
+near a thousand; a body 10,000 levels deep must be a clear 400, not a 500.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_JSON_DEPTH = 64
+"""The deepest nesting of arrays and objects a request body may have: far more than any
+body of this API needs (a tool's JSON Schema included), far less than the decoders'."""
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``body`` (JSON text, valid or not) opens more than ``limit`` arrays or
+    objects inside one another. Brackets inside strings do not count."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # the usual body: too few brackets to nest that deep
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b'""', body)):
+        if bracket in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
