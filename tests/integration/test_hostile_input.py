@@ -193,3 +193,58 @@ def test_json_as_deep_as_the_limit_is_read(client: httpx.Client) -> None:
     # Brackets inside strings do not nest.
     r = client.post("/v1/conversations", json={"system_prompt": '[\\"{' * 10_000})
     assert r.status_code == 201, r.text
+
+
+@pytest.fixture(scope="module")
+def finished_turn(client: httpx.Client, conversation: str) -> str:
+    """A finished turn of the module's conversation (its id)."""
+    r = client.post(TURNS.format(cid=conversation), json={"content": "hello"})
+    assert r.status_code == 200, r.text
+    assert "event: final" in r.text, r.text
+    return str(r.text.split('"turn_id":"', 1)[1].split('"', 1)[0])
+
+
+NOT_DECIMAL = ["²", "\u0661", "1e9", "+1", "-1", "0x1", "1_0", "1.0", "1 2", "", "9" * 17, "1e3"]
+
+
+@pytest.mark.parametrize("value", NOT_DECIMAL, ids=repr)
+def test_a_last_event_id_that_is_not_ascii_decimal_digits_is_refused(
+    api: Served, client: httpx.Client, conversation: str, finished_turn: str, value: str
+) -> None:
+    # On the wire as a client may send it: latin-1 bytes where they exist, else UTF-8.
+    latin = all(ord(c) < 256 for c in value)
+    headers = {"Last-Event-ID": value.encode("latin-1" if latin else "utf-8")}
+    before = event_count(api)
+    for method, path in (
+        ("GET", f"/v1/conversations/{conversation}/turns/{finished_turn}/events"),
+        ("GET", f"/v1/conversations/{conversation}/stream"),
+        ("POST", TURNS.format(cid=conversation)),
+    ):
+        body = {"content": "hi"} if method == "POST" else None
+        r = client.request(method, path, headers=headers, json=body)
+        assert_problem(r, 400, "invalid_request", "Last-Event-ID")
+    assert event_count(api) == before
+
+
+@pytest.mark.parametrize("value", NOT_DECIMAL, ids=repr)
+def test_after_and_limit_that_are_not_ascii_decimal_digits_are_refused(
+    client: httpx.Client, conversation: str, finished_turn: str, value: str
+) -> None:
+    events = f"/v1/conversations/{conversation}/turns/{finished_turn}/events"
+    assert_problem(client.get(events, params={"after": value}), 400, "invalid_request", "after")
+    r = client.get("/v1/conversations", params={"limit": value})
+    assert_problem(r, 400, "invalid_request", "limit")
+
+
+def test_decimal_numbers_are_read(
+    client: httpx.Client, conversation: str, finished_turn: str
+) -> None:
+    events = f"/v1/conversations/{conversation}/turns/{finished_turn}/events"
+    r = client.get(events, params={"after": "2"})
+    assert r.status_code == 200, r.text
+    assert r.text.startswith("id: 3\n"), r.text
+    r = client.get(events, headers={"Last-Event-ID": "3"}, params={"after": "1"})
+    assert r.text.startswith("id: 4\n"), r.text  # the header wins
+    r = client.get("/v1/conversations", params={"limit": "1"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["items"]) == 1

@@ -35,6 +35,7 @@ from turnstream.projections.views import (
     UsageReport,
 )
 from turnstream.service import ChatService, TurnRequest
+from turnstream.strict import MAX_SEQ, decimal
 
 EVENT_STREAM = "text/event-stream"
 
@@ -102,15 +103,33 @@ async def provide_service(request: Request[Any, Any, Any]) -> ChatService:
     return _service(request)
 
 
-def _resume_from(request: Request[Any, Any, Any], after: int | None) -> int:
+def _resume_from(last_event_id: str | None, after: str | None = None) -> int:
     """``Last-Event-ID`` (it wins) or ``?after=``: the last seq the client has."""
-    header = request.headers.get("last-event-id")
-    if header is not None:
-        value = header.strip()
-        if not value.isdigit() or len(value) > 18:
-            raise Invalid("Last-Event-ID must be a non-negative integer (a frame's id).")
-        return int(value)
-    return after or 0
+    if last_event_id is not None:
+        return decimal(last_event_id.strip(" \t"), "Last-Event-ID")
+    return 0 if after is None else decimal(after, "after")
+
+
+def _count_param(description: str, *, header: str | None = None, **bounds: int) -> Any:
+    """A header or query parameter that is a number (read by :func:`decimal`, not by
+    Litestar, which would take ``1e9`` as 10⁹); documented as the integer it is."""
+    return Parameter(
+        header=header,
+        description=description,
+        max_length=32,
+        schema_extra={"type": "integer", "oneOf": None, "maxLength": None, **bounds},
+    )
+
+
+LastEventId = Annotated[
+    str | None,
+    _count_param(
+        "The id of the last frame the client has: the stream resumes after it.",
+        header="Last-Event-ID",
+        minimum=0,
+        maximum=MAX_SEQ,
+    ),
+]
 
 
 def _client(request: Request[Any, Any, Any]) -> str:
@@ -209,10 +228,13 @@ async def create_conversation(
 async def list_conversations(
     service: ChatService,
     caller: Caller,
-    limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
+    limit: Annotated[
+        str | None, _count_param("Conversations per page (20).", minimum=1, maximum=100)
+    ] = None,
     cursor: Annotated[str | None, Parameter(query="cursor", max_length=200)] = None,
 ) -> ConversationPage:
-    return await service.list_conversations(caller, limit, cursor)
+    count = 20 if limit is None else decimal(limit, "limit", minimum=1, maximum=100)
+    return await service.list_conversations(caller, count, cursor)
 
 
 @get("/conversations/{cid:uuid}", tags=["conversations"], summary="A conversation and its messages")
@@ -251,8 +273,9 @@ async def start_turn(
     caller: Caller,
     cid: UUID,
     data: NewTurn,
+    last_event_id: LastEventId = None,
 ) -> Stream:
-    after = _resume_from(request, None)
+    after = _resume_from(last_event_id)
     turn_id = await service.start_turn(
         caller,
         cid,
@@ -276,17 +299,17 @@ async def start_turn(
     media_type=EVENT_STREAM,
 )
 async def turn_events(
-    request: Request[Any, Any, Any],
     service: ChatService,
     caller: Caller,
     cid: UUID,
     tid: UUID,
-    # schema_extra: Litestar leaves a falsy bound (ge=0) out of the OpenAPI document.
+    last_event_id: LastEventId = None,
     after: Annotated[
-        int | None, Parameter(query="after", ge=0, le=10**15, schema_extra={"minimum": 0})
+        str | None,
+        _count_param("The last seq the client has.", minimum=0, maximum=MAX_SEQ),
     ] = None,
 ) -> Stream:
-    start = _resume_from(request, after)
+    start = _resume_from(last_event_id, after)
     await service.check_turn(caller, cid, tid, read=True)
     return _sse(service.follow(caller.tenant, cid, tid, start))
 
@@ -299,9 +322,9 @@ async def turn_events(
     responses={204: ResponseSpec(None, description="No turn is running.")},
 )
 async def active_stream(
-    request: Request[Any, Any, Any], service: ChatService, caller: Caller, cid: UUID
+    service: ChatService, caller: Caller, cid: UUID, last_event_id: LastEventId = None
 ) -> Response[Any]:
-    start = _resume_from(request, None)
+    start = _resume_from(last_event_id)
     turn_id = await service.active_turn(caller, cid)
     if turn_id is None:
         return Response(None, status_code=HTTP_204_NO_CONTENT)
