@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Literal, Self, TypeVar
 from urllib.parse import quote
 
 import psutil  # type: ignore[import-untyped]
@@ -550,8 +550,11 @@ class EmbeddedPostgres(_Managed):
         logger.info("PostgreSQL ready at %s", self.url)
         return self.url
 
-    def stop(self) -> None:
-        """Stop the server (``pg_ctl -m fast``) if this object started or adopted it."""
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Stop the server (``pg_ctl -m fast``) if this object started or adopted it.
+
+        ``immediate``: abort at once, as a crash would (the next start recovers).
+        """
         with _file_lock(self._lock_file):
             pid = self._pid
             if pid is None:
@@ -563,7 +566,7 @@ class EmbeddedPostgres(_Managed):
                     with contextlib.suppress(OSError):
                         _grant_traverse(self.data_dir, self._account)
                 stop_cmd: list[str | Path] = [self._bin("pg_ctl"), "-D", self.pgdata]
-                stop_cmd += ["-m", "fast", "-w", "-t", str(int(_STOP_TIMEOUT)), "stop"]
+                stop_cmd += ["-m", mode, "-w", "-t", str(int(_STOP_TIMEOUT)), "stop"]
                 code, out = _run(stop_cmd, self._account, timeout=_STOP_TIMEOUT + 30)
                 # pg_ctl also fails when the server died on its own meanwhile: only a
                 # server that is still there is an error.

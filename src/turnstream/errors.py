@@ -16,6 +16,8 @@ class TurnstreamError(Exception):
     status: int = 500
     code: str = "internal_error"
     title: str = "Internal error"
+    retry_after: int | None = None
+    """Seconds after which trying again may succeed (the ``Retry-After`` header)."""
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -139,7 +141,13 @@ class ConversationFull(TurnstreamError):
     title = "Conversation full"
 
 
+RETRY_OUTAGE_S = 5
+"""Retry-After of an outage: PostgreSQL or NATS is checked again within a second, and a
+restart of either takes a few seconds."""
+
+
 class ServiceUnavailable(TurnstreamError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable"
+    retry_after = RETRY_OUTAGE_S

@@ -33,6 +33,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from psycopg.sql import SQL, Identifier
 
 from turnstream.auth import Caller
+from turnstream.availability import StoreGuard
 from turnstream.bus.envelope import control_subject, decode_envelope, event_of, turn_wildcard
 from turnstream.bus.local import Frame, LocalBus
 from turnstream.bus.nats import NatsLink
@@ -41,7 +42,13 @@ from turnstream.bus.relay_process import RelayProcess
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import utcnow
-from turnstream.domain.postgres import Admission, Admitted, TurnIndexRow, user_key
+from turnstream.domain.postgres import (
+    STORE_OUTAGE,
+    Admission,
+    Admitted,
+    TurnIndexRow,
+    user_key,
+)
 from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
 from turnstream.domain.writer import GroupWriter
 from turnstream.errors import (
@@ -181,6 +188,7 @@ class ChatService:
         self.providers = providers
         self.node_id = uuid4()
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="turnstream-store")
+        self.guard = StoreGuard(self._probe_store)
         self.metrics = Metrics()
         self.encode_frame = functools.partial(encode_frame, padding=settings.sse_padding)
         self.bus = LocalBus(self.encode_frame)
@@ -247,7 +255,7 @@ class ChatService:
                 )
                 self.relay_process.start()
             elif self.settings.relay:
-                self.relay = Relay(self.app, self.link, run=self.run)
+                self.relay = Relay(self.app, self.link, run=self.run_unguarded)
                 self._relay_task = asyncio.create_task(
                     self.relay.run_forever(), name="turnstream-relay"
                 )
@@ -293,15 +301,34 @@ class ChatService:
             await self.link.close()
         if self._lease is not None:
             self._lease.close()
+        await self.guard.close()
         await self.providers.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run a store call on the service's executor, with this context's variables."""
+        """Run a store call of a request on the service's executor, with this context's
+        variables. While PostgreSQL is away: ``ServiceUnavailable`` at once (see
+        ``StoreGuard``), never a wait on the connection pool."""
+        self.guard.check()
+        try:
+            return await self.run_unguarded(fn, *args, **kwargs)
+        except STORE_OUTAGE as exc:
+            self.guard.failed(exc)
+            raise ServiceUnavailable("The event store is unavailable; try again.") from None
+
+    async def run_unguarded(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """:meth:`run` for a background worker that retries by itself (the relay)."""
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
         return await loop.run_in_executor(self.executor, call)
+
+    def _probe_store(self) -> None:
+        """Raise unless PostgreSQL answers; once it does, the pool drops its dead
+        connections (those it held when the store went away)."""
+        with psycopg.connect(self.app.database_url, connect_timeout=3, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+        self.app.store.datastore.pool.check()
 
     def ready(self) -> bool:
         return self._ready
@@ -588,8 +615,6 @@ class ChatService:
             if running is not None:
                 raise TurnInProgress(running) from None
             raise ServiceUnavailable("The turn could not be started; try again.") from None
-        except (psycopg.OperationalError, OSError):
-            raise ServiceUnavailable("The event store is unavailable; try again.") from None
         if admitted.position is None:
             if request.request_id and await self._is_turn_of(turn_id, conversation_id):
                 return turn_id  # the same request, started by a concurrent POST
@@ -843,6 +868,11 @@ class ChatService:
                     last_sent = time.monotonic()
                     if frame.terminal:
                         return
+        except ServiceUnavailable:
+            # The store went away: end the stream; the client resumes from its last id.
+            log.info(
+                "stream of turn %s ended after seq %d: the store is unavailable", turn_id, last
+            )
         finally:
             self.metrics.open_streams.dec()
             self.bus.unsubscribe(turn_id, queue)
@@ -1046,8 +1076,9 @@ class ChatService:
                     conn = await self.run(self.app.connect)
                 await self.run(self._end_orphans, conn)
                 await self.run(self.limiter.forget_past, conn)
-            except (psycopg.Error, OSError) as exc:
-                log.warning("orphan check failed: %s", exc)
+            except (ServiceUnavailable, psycopg.Error, OSError) as exc:
+                if not self.guard.down:  # else the guard has said so, and watches
+                    log.warning("orphan check failed: %s", exc)
                 if conn is not None:
                     conn.close()
                 conn = None

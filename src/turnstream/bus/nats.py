@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -22,6 +23,17 @@ from nats.js.errors import APIError, NotFoundError
 from turnstream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+BROKER_OUTAGE: tuple[type[Exception], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.TimeoutError,
+)
+"""What NATS being away looks like to a request: 503, retry later."""
 
 
 def stream_config(settings: Settings) -> StreamConfig:

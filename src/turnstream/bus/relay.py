@@ -235,7 +235,8 @@ class Relay:
                     # Let go of the lead before the pause, so that this relay (or a
                     # standby) can take it at once rather than after a takeover period.
                     self.status.active = False
-                    await self._call(self._release, conn)
+                    with contextlib.suppress(Exception):
+                        await self._call(self._release, conn)
                     conn = None
                 if self._draining:
                     return

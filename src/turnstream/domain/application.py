@@ -49,7 +49,7 @@ def event_store_env(database_url: str, schema: str, pool_size: int = 10) -> dict
         "POSTGRES_SCHEMA": schema,
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(pool_size * 2),
-        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_CONNECT_TIMEOUT": "3",  # the pool's wait for a connection
         "CREATE_TABLE": "y",
     }
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
+from eventsourcing import persistence
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import ClientCursor
@@ -26,6 +27,15 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composable, Identifier, Literal
 
 from turnstream.limits import cell_params, take_statement
+
+STORE_OUTAGE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    persistence.OperationalError,
+    persistence.InterfaceError,
+)
+"""What PostgreSQL being away looks like: the driver's errors (a pool time-out among
+them) and the library's, which wrap them. Never a client's fault: 503, retry later."""
 
 
 def _last_value(cur: psycopg.Cursor[Any]) -> int:

@@ -19,7 +19,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from turnstream.auth import Caller, mint, verify
 from turnstream.bus.relay import checkpointed_position
-from turnstream.errors import Invalid, Unauthorized
+from turnstream.errors import RETRY_OUTAGE_S, Invalid, Unauthorized
 from turnstream.http.bodies import StrictRequest
 from turnstream.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems, problem
@@ -167,6 +167,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
             "service_unavailable",
             "Service unavailable",
             " and ".join(names[n] for n in down) + " not ready.",
+            {"Retry-After": str(RETRY_OUTAGE_S)},
             checks=checks,
         )
     return Response(Health(status="ok", checks=checks))
@@ -188,7 +189,11 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
         repaired = await service.run(service.repaired)
     except Exception:  # the store is down: say so, as /readyz does
         return problem(
-            503, "service_unavailable", "Service unavailable", "PostgreSQL not reachable."
+            503,
+            "service_unavailable",
+            "Service unavailable",
+            "PostgreSQL not reachable.",
+            {"Retry-After": str(RETRY_OUTAGE_S)},
         )
     body = service.metrics.render(projections, relayed, repaired)
     return Response(body, media_type=METRICS_CONTENT_TYPE)

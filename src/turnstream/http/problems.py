@@ -18,7 +18,9 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from turnstream.errors import LimitExceeded, TurnstreamError
+from turnstream.bus.nats import BROKER_OUTAGE
+from turnstream.domain.postgres import STORE_OUTAGE
+from turnstream.errors import ServiceUnavailable, TurnstreamError
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,26 @@ def _counted(
 
 def handle_domain_error(request: Request[Any, Any, Any], exc: TurnstreamError) -> Response[Any]:
     headers = None
-    if isinstance(exc, LimitExceeded):
+    if exc.retry_after is not None:
         headers = {"Retry-After": str(exc.retry_after)}
     return _counted(
         request, problem(exc.status, exc.code, exc.title, exc.detail, headers, **exc.extra)
     )
+
+
+def handle_outage(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """PostgreSQL or NATS is away (whichever library noticed): 503, try again shortly."""
+    broker = isinstance(exc, BROKER_OUTAGE)
+    log.warning(
+        "%s %s: %s unavailable (%s: %s)",
+        request.method,
+        request.url.path,
+        "NATS" if broker else "PostgreSQL",
+        type(exc).__name__,
+        exc,
+    )
+    what = "The message broker" if broker else "The event store"
+    return handle_domain_error(request, ServiceUnavailable(f"{what} is unavailable; try again."))
 
 
 def handle_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -110,8 +127,11 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     TurnstreamError: handle_domain_error,
     HTTPException: handle_http_error,
+    **dict.fromkeys(STORE_OUTAGE + BROKER_OUTAGE, handle_outage),
     Exception: handle_unexpected,
 }
+"""The one table from errors to answers. Litestar picks the entry of the error's
+nearest class, so an outage error is a 503 whichever of its classes it is."""
 
 
 _PROBLEM_DESCRIPTIONS = {
@@ -125,7 +145,8 @@ _PROBLEM_DESCRIPTIONS = {
     422: "The input does not fit (`input_too_long`, `conversation_full`).",
     429: "A rate limit or quota (`rate_limited`, `quota_exhausted`, `too_many_turns`,"
     " `login_required`); retry after `Retry-After` seconds.",
-    503: "PostgreSQL, NATS or the read model is not available now (`service_unavailable`).",
+    503: "PostgreSQL, NATS or the read model is not available now (`service_unavailable`);"
+    " retry after `Retry-After` seconds.",
 }
 # Answers beyond those every operation's shape implies (see document_problems).
 _EXTRA_PROBLEMS: dict[tuple[str, str], set[int]] = {
@@ -187,6 +208,6 @@ def document_problems(openapi: OpenAPI) -> None:
                 responses[str(status)] = OpenAPIResponse(
                     description=_PROBLEM_DESCRIPTIONS[status],
                     content=content,
-                    headers=retry_after if status == 429 else None,
+                    headers=retry_after if status in (429, 503) else None,
                 )
             operation.responses = responses
