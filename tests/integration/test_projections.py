@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -92,6 +93,28 @@ def test_a_page_is_applied_once_with_its_tracking_record(
         ("bob", "week", week, 1, 5, 1),
     ]
     assert batch.position() == 4
+
+
+def test_the_tracking_record_reads_its_own_result_inside_a_pipeline(
+    app: TurnstreamApplication, database_url: str, db_schema: str
+) -> None:
+    # In a pipeline, psycopg reads whatever results have arrived whenever it sends, and
+    # hands each to the cursor that ran its statement. Have the server's answers to a
+    # page's statements wait, unread, in the socket before the tracking record goes:
+    # the library's fetchone() on the page's cursor then read an INSERT's answer.
+    batch = Batch(app, UsageCounters, 1)
+    started, _ = a_turn("dee", 1, 1)
+    with app.connect() as conn, conn.transaction(), conn.cursor() as cur, conn.pipeline():
+        for statement, params in batch.projection.changes(started, 1):
+            cur.execute(statement, params)
+        conn.pgconn.send_flush_request()
+        conn.pgconn.flush()
+        readable, _, _ = select.select([conn.fileno()], [], [], 30)
+        assert readable  # the answers are there
+        batch.view.track(conn, Tracking(APP_NAME, 1))
+        with pytest.raises(IntegrityError):  # and it still refuses the same position
+            batch.view.track(conn, Tracking(APP_NAME, 1))
+    assert batch.position() == 1
 
 
 def test_the_librarys_process_event_applies_one_event_with_its_tracking(

@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import psycopg
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
 from turnstream.domain.events import DomainEvent
@@ -128,10 +129,27 @@ class ViewStore(PostgresTrackingRecorder):
                 )
             )
 
-    def track(self, cursor: psycopg.Cursor[Any], tracking: Tracking) -> None:
-        """Record how far the view is, in the caller's transaction (the library's
-        statement: it refuses a position at or below the one recorded)."""
-        self._insert_tracking(cursor, tracking)
+    def track(self, conn: psycopg.Connection[Any], tracking: Tracking) -> None:
+        """Record how far the view is, in the caller's transaction.
+
+        The library's statement, which refuses a position at or below the one recorded,
+        on a cursor of its own: inside a pipeline, a cursor that ran other statements
+        may still hold one of their results when its ``fetchone()`` runs (psycopg reads
+        the pipeline's results as they arrive), and the library's own ``_insert_tracking``
+        then read an ``UPDATE 1`` as its answer (issue 10, seen on PostgreSQL 15).
+        """
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                self.insert_tracking_statement,
+                {
+                    "application_name": tracking.application_name,
+                    "notification_id": tracking.notification_id,
+                },
+                prepare=True,
+            )
+            if self.datastore.single_row_tracking and cur.fetchone() is None:
+                msg = f"tracking {tracking.notification_id} is not past the view's position"
+                raise IntegrityError(msg)
 
 
 class BatchProjection(Projection[ViewStore]):
@@ -175,7 +193,7 @@ class BatchProjection(Projection[ViewStore]):
             ops, _ = self.storable_changes(domain_event, tracking.notification_id)
             for statement, params in ops:
                 cursor.execute(statement, params)
-            self.view.track(cursor, tracking)
+            self.view.track(cursor.connection, tracking)
 
 
 def registry_sql(schema: str) -> Composed:

@@ -204,7 +204,7 @@ class Batch:
             with conn.pipeline():
                 for statement, params in changes:
                     cur.execute(statement, params)
-                self.view.track(cur, Tracking(APP_NAME, position))
+                self.view.track(conn, Tracking(APP_NAME, position))
             if activate or not rebuilding:
                 # Delivered at commit: readers waiting for this position stop waiting.
                 cur.execute("SELECT pg_notify(%s, %s)", (self._channel, f"{self.name} {position}"))
@@ -356,7 +356,9 @@ def rebuild(
         while True:
             head = _head(conn, app)
             events = batch.read(position, head)
-            final = len(events) < page
+            # A full page that ends at the head is the last one too: an empty page after
+            # it would record the same position again, which the tracking refuses.
+            final = len(events) < page or events[-1][1] == head
             last = head if final else events[-1][1]
             batch.apply(conn, events, last, rebuilding=True, activate=final)
             applied += len(events)
