@@ -7,30 +7,26 @@ on an encoded subject token, and notes each once as a repair.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 from collections.abc import Iterator
 
 import httpx
-import nats
 import pytest
 
 from tests.conftest import NatsTarget
 from tests.integration.test_relay import relay_on, settings_for, write
-from tests.support.inprocess import Served, in_process_settings, serving
+from tests.support.inprocess import in_process_settings, serving
 from tests.support.jetstream import stored_events, stream_messages
 from tests.support.shared_server import a_place
 from turnstream.bootstrap import build_application
-from turnstream.bus.envelope import POSITION, tenant_of_token
+from turnstream.bus.envelope import tenant_of_token
 from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent, utcnow
 from turnstream.domain.turn import Turn
 from turnstream.ids import uuid7
 from turnstream.projections import cli as projections_cli
-from turnstream.projections.runner import status as projection_status
 from turnstream.settings import Settings
 
 BAD_TENANT = "acme\n"
@@ -130,7 +126,7 @@ def test_text_a_view_cannot_hold_is_projected_repaired_and_counted_once(
             )
             assert good.status_code == 201, good.text
             # The relay and every projection reach the log's head.
-            head = wait_everything_at_head(api)
+            head = api.wait_at_head()
             # The good conversation reads as always (reads wait for the projections).
             cid = good.json()["id"]
             r = httpx.get(f"{api.base_url}/v1/conversations/{cid}", headers=api.headers())
@@ -156,31 +152,3 @@ def test_text_a_view_cannot_hold_is_projected_repaired_and_counted_once(
                 k: v for k, v in expected.items() if k != "relay"
             }
             assert all(s["position"] == head for s in status)
-
-
-def wait_everything_at_head(api: Served, timeout: float = 60.0) -> int:
-    """Wait until the relay's stream and every projection hold the log's head."""
-    app = api.container.app
-    deadline = time.monotonic() + timeout
-    while True:
-        statuses = projection_status(app)
-        head = statuses[0].head
-        relayed = asyncio.run(last_position(api.settings.nats_url or "", api.settings.nats_stream))
-        if relayed >= head and all(s.position >= head for s in statuses):
-            return head
-        assert time.monotonic() < deadline, (head, relayed, statuses)
-        time.sleep(0.05)
-
-
-async def last_position(url: str, stream: str) -> int:
-    """The log position of the stream's last message (0 when it is empty)."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        if not info.state.last_seq:
-            return 0
-        message = await js.get_msg(stream, info.state.last_seq)
-        return int((message.headers or {})[POSITION])
-    finally:
-        await nc.close()

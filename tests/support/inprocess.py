@@ -8,6 +8,7 @@ real socket and uvicorn's real HTTP parser, so headers arrive as a client sends 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import socket
@@ -18,12 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import nats
 import uvicorn
 
 from tests.conftest import NatsTarget
 from turnstream.auth import mint
 from turnstream.bootstrap import Container, bootstrap
+from turnstream.bus.envelope import POSITION
 from turnstream.http.app import create_app
+from turnstream.projections.runner import status as projection_status
 from turnstream.settings import Settings
 
 
@@ -41,6 +45,33 @@ class Served:
 
     def headers(self, tenant: str = "acme", user: str = "alice") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(tenant, user)}"}
+
+    def wait_at_head(self, timeout: float = 60.0) -> int:
+        """Wait until the relay's stream and every projection hold the log's head;
+        returns the head. Fails with both sides' positions if they do not in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = projection_status(self.container.app)
+            head = statuses[0].head
+            relayed = asyncio.run(last_relayed(self.container.nats_url, self.settings.nats_stream))
+            if relayed >= head and all(s.position >= head for s in statuses):
+                return head
+            assert time.monotonic() < deadline, (head, relayed, statuses)
+            time.sleep(0.05)
+
+
+async def last_relayed(url: str, stream: str) -> int:
+    """The log position of the stream's last message (0 when it is empty)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        if not info.state.last_seq:
+            return 0
+        message = await js.get_msg(stream, info.state.last_seq)
+        return int((message.headers or {})[POSITION])
+    finally:
+        await nc.close()
 
 
 def in_process_settings(
