@@ -24,6 +24,8 @@ from turnstream.settings import SettingsError
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 WINDOW_S = 60.0
+UNKNOWN = "unknown"
+"""The client address of a request whose address cannot be known."""
 
 
 def take_statement(table: Composable) -> Composed:
@@ -105,15 +107,27 @@ def parse_networks(spec: str) -> tuple[Network, ...]:
 def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
     """The client's address: the peer's, unless the peer is a trusted proxy; then the
     nearest address in ``X-Forwarded-For`` that is not a trusted proxy's (addresses a
-    client wrote further left are not believed)."""
-    address = peer or "unknown"
+    client wrote further left are not believed).
+
+    It becomes a rate limit's key, so it is an IP address in its one canonical spelling
+    (``::FFFF:1.2.3.4`` and ``::ffff:102:304`` are one client), or ``unknown``: a hop
+    that is not an address ends the walk there, and is no key of anyone's choosing.
+    """
+    address = _canonical(peer)
     if not trusted or forwarded_for is None or not _trusted(address, trusted):
         return address
     for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        address = hop
-        if not _trusted(hop, trusted):
+        address = _canonical(hop)
+        if not _trusted(address, trusted):
             break
     return address
+
+
+def _canonical(address: str | None) -> str:
+    try:
+        return str(ipaddress.ip_address(address or ""))
+    except ValueError:
+        return UNKNOWN
 
 
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:

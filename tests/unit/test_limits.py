@@ -25,7 +25,13 @@ PROXIES = parse_networks("10.0.0.0/8, 127.0.0.1")
         # Only proxies in the chain: the leftmost of them.
         ("127.0.0.1", "10.9.9.9, 10.1.2.3", PROXIES, "10.9.9.9"),
         ("127.0.0.1", "", PROXIES, "127.0.0.1"),
-        ("127.0.0.1", "not-an-ip", PROXIES, "not-an-ip"),
+        # A key is an address in its canonical spelling, or "unknown", nothing else.
+        ("127.0.0.1", "not-an-ip", PROXIES, "unknown"),
+        ("127.0.0.1", "192.0.2.66, not-an-ip, 10.1.2.3", PROXIES, "unknown"),
+        ("127.0.0.1", "198.51.100.1 x", PROXIES, "unknown"),
+        ("127.0.0.1", "2001:DB8::0:1", PROXIES, "2001:db8::1"),
+        ("2001:db8::0:7", None, PROXIES, "2001:db8::7"),
+        ("testclient", None, PROXIES, "unknown"),
         (None, None, PROXIES, "unknown"),
     ],
 )
