@@ -13,7 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, OpenAPI, RequestBody, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
@@ -113,8 +113,9 @@ def _resume_from(last_event_id: str | None, after: str | None = None) -> int:
 def _count_param(description: str, *, header: str | None = None, **bounds: int) -> Any:
     """A header or query parameter that is a number (read by :func:`decimal`, not by
     Litestar, which would take ``1e9`` as 10⁹); documented as the integer it is."""
-    return Parameter(
-        header=header,
+    kind = HeaderParameter if header else QueryParameter
+    return kind(
+        name=header,
         description=description,
         max_length=32,
         schema_extra={"type": "integer", "oneOf": None, "maxLength": None, **bounds},
@@ -360,8 +361,8 @@ async def claim_conversation(
     cid: UUID,
     guest_token: Annotated[
         str,
-        Parameter(
-            header="X-Guest-Token",
+        HeaderParameter(
+            name="X-Guest-Token",
             description="The guest token the conversation was made with.",
             max_length=4096,
         ),
