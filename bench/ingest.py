@@ -45,12 +45,13 @@ from _common import (
     try_checkpoint,
 )
 from turnstream.bootstrap import build_application
-from turnstream.domain.application import TurnstreamApplication
-from turnstream.domain.events import decode_event, utcnow
+from turnstream.domain.events import utcnow
 from turnstream.domain.turn import Turn, TurnEvent
-from turnstream.domain.writer import GroupWriter
 from turnstream.ids import uuid7
 from turnstream.settings import Settings
+from turnstream.store.application import TurnstreamApplication
+from turnstream.store.mapper import decode_event
+from turnstream.store.writer import GroupWriter
 
 TOKEN_TOPICS = [Turn.TokensAppended.TOPIC, Turn.ReasoningAppended.TOPIC]
 
@@ -260,7 +261,7 @@ def run_write_path(
         work[t % args.producers].append((turn_ids[t], cls, text))
 
     commits = CommitLog(total_chars=sum(len(t) for t in tokens))
-    max_batch = args.max_batch or settings.writer_max_batch
+    max_batch = args.max_batch or settings.writer.max_batch
     writer = GroupWriter(app, commits.on_commit, lost, max_batch=max_batch)
     for turn_id in turn_ids:
         writer.open_turn(turn_id, 1)

@@ -50,9 +50,9 @@ from _common import (
     redact,
     summarize,
 )
-from turnstream.auth import mint
-from turnstream.domain.events import decode_event
 from turnstream.domain.turn import Turn
+from turnstream.http.auth import mint
+from turnstream.store.mapper import decode_event
 
 HOST = "127.0.0.1"
 TOKEN_EVENTS = {"token": Turn.TokensAppended.TOPIC, "reasoning": Turn.ReasoningAppended.TOPIC}

@@ -31,8 +31,8 @@ from psycopg.sql import SQL, Identifier
 
 import _common as common
 import latency
-from turnstream.auth import mint
 from turnstream.embedded import EmbeddedPostgres
+from turnstream.http.auth import mint
 
 REQUESTS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
     ("GET", "/v1/conversations", None),

@@ -48,15 +48,16 @@ from psycopg.sql import SQL, Identifier
 
 import _common as common
 from turnstream.bootstrap import build_application
-from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent
-from turnstream.domain.postgres import Row
+from turnstream.domain.modes import NEW_MESSAGES
 from turnstream.domain.turn import Turn, TurnMode, TurnUsage
 from turnstream.projections.base import table_name
-from turnstream.projections.conversation_list import NEW_MESSAGES
-from turnstream.projections.runner import PROJECTIONS, RebuildResult, ensure_projections, rebuild
+from turnstream.projections.rebuild import RebuildResult, rebuild
+from turnstream.projections.runner import PROJECTIONS, ensure_projections
 from turnstream.settings import Settings
+from turnstream.store.application import TurnstreamApplication
+from turnstream.store.recorder import Row
 
 GOAL_S = 30.0
 """The goal for a 1,000,000-event log on the standard 2-core machine."""

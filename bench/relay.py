@@ -40,12 +40,12 @@ from turnstream.bootstrap import build_application
 from turnstream.bus.envelope import MSG_ID
 from turnstream.bus.nats import NatsLink, ensure_stream
 from turnstream.bus.relay import Relay
-from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent, utcnow
 from turnstream.domain.turn import Turn, TurnUsage
 from turnstream.ids import uuid7
 from turnstream.settings import Settings
+from turnstream.store.application import TurnstreamApplication
 
 ENV_NATS_URL = "TURNSTREAM_NATS_URL"
 WORDS = [
@@ -235,17 +235,17 @@ async def raw_publish(
     nc: Any, stream_settings: Settings, messages: list[tuple[str, bytes, str]]
 ) -> float:
     js = nc.jetstream(publish_async_max_pending=20_000)
-    await ensure_stream(js, stream_settings)
+    await ensure_stream(js, stream_settings.nats)
     t0 = time.perf_counter()
     for subject, body, msg_id in messages:
         await js.publish_async(subject, body, headers={MSG_ID: msg_id})
     await js.publish_async_completed()
     elapsed = time.perf_counter() - t0
-    info = await js.stream_info(stream_settings.nats_stream)
+    info = await js.stream_info(stream_settings.nats.stream)
     if info.state.messages != len(messages):
         msg = f"raw stream holds {info.state.messages}, expected {len(messages)}"
         raise RuntimeError(msg)
-    await js.delete_stream(stream_settings.nats_stream)
+    await js.delete_stream(stream_settings.nats.stream)
     return elapsed
 
 
@@ -266,7 +266,7 @@ async def live_latency(
             done.set()
 
     sub = await js.subscribe(
-        f"{settings.nats_subject_prefix}.>",
+        f"{settings.nats.subject_prefix}.>",
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.NEW,
         cb=on_msg,
@@ -314,13 +314,13 @@ async def run_once(url: str, nats_url: str, args: argparse.Namespace) -> RunResu
                 None, write_events, app, events, 5000
             )
             common.try_checkpoint(url)
-            link = NatsLink(nats_url, settings, name="bench-relay")
+            link = NatsLink(nats_url, settings.nats, name="bench-relay")
             link.start()
             await link.ready.wait()
-            relay = Relay(app, link)
+            relay = Relay(app, link, relay=settings.relay, nats=settings.nats)
             relay_s = await drain_relay(relay, head, len(events))
             assert link.js is not None
-            info = await link.js.stream_info(settings.nats_stream)
+            info = await link.js.stream_info(settings.nats.stream)
             check = (
                 "ok"
                 if info.state.messages == len(events)
@@ -332,7 +332,7 @@ async def run_once(url: str, nats_url: str, args: argparse.Namespace) -> RunResu
             )
             raw_settings = settings_for(schema, f"{tag}raw")
             raw_messages = [
-                (s.replace(settings.nats_subject_prefix, raw_settings.nats_subject_prefix, 1), b, i)
+                (s.replace(settings.nats.subject_prefix, raw_settings.nats.subject_prefix, 1), b, i)
                 for s, b, i in messages
             ]
             assert link.nc is not None
@@ -342,7 +342,7 @@ async def run_once(url: str, nats_url: str, args: argparse.Namespace) -> RunResu
             relay.bench_task.cancel()  # type: ignore[attr-defined]
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await relay.bench_task  # type: ignore[attr-defined]
-            await link.js.delete_stream(settings.nats_stream)
+            await link.js.delete_stream(settings.nats.stream)
             await link.close()
             return RunResult(len(events), relay_s, raw_s, latencies, check)
         finally:

@@ -22,32 +22,35 @@ import msgspec
 
 from turnstream.domain.conversation import Conversation, ConversationEvent
 from turnstream.domain.events import DomainEvent
+from turnstream.domain.identities import is_tenant
 from turnstream.domain.turn import Turn, TurnEvent
-from turnstream.identities import is_tenant
 
 MSG_ID = "Nats-Msg-Id"
 POSITION = "Turnstream-Position"
 EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
 
-TURN_EVENTS: tuple[type[TurnEvent], ...] = (
-    Turn.Started,
-    Turn.ReasoningAppended,
-    Turn.TokensAppended,
-    Turn.Titled,
-    Turn.Finished,
-    Turn.Failed,
-)
-CONVERSATION_EVENTS: tuple[type[ConversationEvent], ...] = (
-    Conversation.Created,
-    Conversation.Renamed,
-    Conversation.Deleted,
-    Conversation.Claimed,
-)
-EVENT_TYPES: dict[str, type[DomainEvent]] = {
-    **{cls.SUBJECT_TYPE: cls for cls in TURN_EVENTS},
-    **{cls.SUBJECT_TYPE: cls for cls in CONVERSATION_EVENTS},
+SUBJECT_TYPES: dict[type[DomainEvent], str] = {
+    Turn.Started: "turn_started",
+    Turn.ReasoningAppended: "reasoning",
+    Turn.TokensAppended: "token",
+    Turn.Titled: "title",
+    Turn.Finished: "final",
+    Turn.Failed: "error",
+    Conversation.Created: "created",
+    Conversation.Renamed: "renamed",
+    Conversation.Deleted: "deleted",
+    Conversation.Claimed: "claimed",
 }
-"""Envelope ``type`` → event class. Turn and conversation types never share a name."""
+"""Each event's type on NATS: the last token of its subject and the envelope's ``type``.
+Turn and conversation types never share a name."""
+EVENT_TYPES: dict[str, type[DomainEvent]] = {kind: cls for cls, kind in SUBJECT_TYPES.items()}
+"""Envelope ``type`` → event class."""
+TURN_EVENTS: tuple[type[TurnEvent], ...] = tuple(
+    cls for cls in SUBJECT_TYPES if issubclass(cls, TurnEvent)
+)
+CONVERSATION_EVENTS: tuple[type[ConversationEvent], ...] = tuple(
+    cls for cls in SUBJECT_TYPES if issubclass(cls, ConversationEvent)
+)
 
 TOPIC_TYPES: dict[str, str] = {cls.TOPIC: t for t, cls in EVENT_TYPES.items()}
 TURN_TOPICS = frozenset(cls.TOPIC for cls in TURN_EVENTS)

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import APIError, NotFoundError
 
-from turnstream.settings import Settings
+from turnstream.settings import NatsSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +36,31 @@ BROKER_OUTAGE: tuple[type[Exception], ...] = (
 """What NATS being away looks like to a request: 503, retry later."""
 
 
-def stream_config(settings: Settings) -> StreamConfig:
+def stream_config(nats: NatsSettings) -> StreamConfig:
     """The contract's stream: ``<prefix>.>``, limits retention, on disk.
 
     Only fields NATS 2.9 knows are set, so the same config works on 2.9 and 2.10+.
     """
     return StreamConfig(
-        name=settings.nats_stream,
+        name=nats.stream,
         description="turnstream: every stored event, in commit order",
-        subjects=[f"{settings.nats_subject_prefix}.>"],
+        subjects=[f"{nats.subject_prefix}.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
-        num_replicas=settings.nats_replicas,
-        max_age=settings.nats_max_age_s or None,
-        max_bytes=settings.nats_max_bytes or -1,
-        duplicate_window=settings.nats_duplicate_window_s,
+        num_replicas=nats.replicas,
+        max_age=nats.max_age_s or None,
+        max_bytes=nats.max_bytes or -1,
+        duplicate_window=nats.duplicate_window_s,
     )
 
 
 _COMPARED = ("subjects", "num_replicas", "max_age", "max_bytes", "duplicate_window", "discard")
 
 
-async def ensure_stream(js: JetStreamContext, settings: Settings) -> StreamInfo:
+async def ensure_stream(js: JetStreamContext, nats: NatsSettings) -> StreamInfo:
     """Create the stream, or update it where its settings differ from ours."""
-    wanted = stream_config(settings)
+    wanted = stream_config(nats)
     try:
         info = await js.stream_info(wanted.name or "")
     except NotFoundError:
@@ -118,9 +118,9 @@ class NatsLink:
     ``ready`` is set once connected with the stream in place.
     """
 
-    def __init__(self, url: str, settings: Settings, *, name: str = "turnstream") -> None:
+    def __init__(self, url: str, nats: NatsSettings, *, name: str = "turnstream") -> None:
         self.url = url
-        self.settings = settings
+        self.settings = nats
         self.name = name
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -164,10 +164,10 @@ class NatsLink:
                 await ensure_stream(self.js, self.settings)
                 break
             except Exception as exc:  # any API failure: keep trying, the service runs on
-                log.warning("JetStream stream %s not ready: %s", self.settings.nats_stream, exc)
+                log.warning("JetStream stream %s not ready: %s", self.settings.stream, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        log.info("NATS ready at %s (stream %s)", self.url, self.settings.nats_stream)
+        log.info("NATS ready at %s (stream %s)", self.url, self.settings.stream)
         self.ready.set()
 
     async def ping(self) -> bool:

@@ -40,7 +40,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from turnstream.bus.envelope import POSITION
-from turnstream.durations import duration_s
+from turnstream.domain.durations import duration_s
 from turnstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,17 +95,17 @@ def nats_url(settings: Settings) -> str:
     Raises:
         TailError: neither is known.
     """
-    if settings.nats_url:
-        return settings.nats_url
+    if settings.nats.url:
+        return settings.nats.url
     from turnstream.embedded import EmbeddedNats
 
-    port_file = EmbeddedNats(settings.data_dir).port_file
+    port_file = EmbeddedNats(settings.server.data_dir).port_file
     try:
         port = int(port_file.read_text().strip())
     except (OSError, ValueError):
         msg = (
             "TURNSTREAM_NATS_URL is not set and no embedded NATS has run in"
-            f" {settings.data_dir}: set TURNSTREAM_NATS_URL (e.g. nats://127.0.0.1:4222)"
+            f" {settings.server.data_dir}: set TURNSTREAM_NATS_URL (e.g. nats://127.0.0.1:4222)"
         )
         raise TailError(msg) from None
     return f"nats://127.0.0.1:{port}"
@@ -322,7 +322,7 @@ def run(
 ) -> int:
     """Tail until done (or, with ``follow``, until SIGINT/SIGTERM); the exit status."""
     stream_out = out or sys.stdout.buffer
-    subject = subject or f"{settings.nats_subject_prefix}.>"
+    subject = subject or f"{settings.nats.subject_prefix}.>"
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -333,7 +333,7 @@ def run(
         url = nats_url(settings)
         nc = await connect(url, follow=follow)
         try:
-            await tail(nc, settings.nats_stream, subject, start, stream_out, follow=follow)
+            await tail(nc, settings.nats.stream, subject, start, stream_out, follow=follow)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 3)

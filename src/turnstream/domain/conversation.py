@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import ClassVar
 from uuid import UUID
 
+from turnstream.domain.errors import ConversationNotFound, Invalid
 from turnstream.domain.events import DomainEvent, utcnow
-from turnstream.errors import ConversationNotFound, Invalid
 
 TITLE_MAX = 200
 
 
 class ConversationEvent(DomainEvent, frozen=True, kw_only=True):
-    SUBJECT_TYPE: ClassVar[str] = ""
+    """An event of a conversation."""
 
 
 class Conversation:
@@ -26,7 +25,6 @@ class Conversation:
 
     class Created(ConversationEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.conversation.created.v1"
-        SUBJECT_TYPE = "created"
 
         tenant: str
         owner: str
@@ -36,19 +34,16 @@ class Conversation:
 
     class Renamed(ConversationEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.conversation.renamed.v1"
-        SUBJECT_TYPE = "renamed"
 
         title: str
 
     class Deleted(ConversationEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.conversation.deleted.v1"
-        SUBJECT_TYPE = "deleted"
 
     class Claimed(ConversationEvent, frozen=True, kw_only=True):
         """A guest's conversation moved to the user who signed in (same tenant)."""
 
         TOPIC = "turnstream.conversation.claimed.v1"
-        SUBJECT_TYPE = "claimed"
 
         owner: str
         """The new owner."""

@@ -1,23 +1,37 @@
 """The Turn aggregate: one request to a model and everything it streamed back.
 
-A turn's events are its SSE frames: the event's version is the frame's ``id`` (1, 2,
+A turn's events are its stream: the event's version is its position in the turn (1, 2,
 3 … with no gap), and the stream always ends with exactly one terminal event,
-``Finished`` (``final``) or ``Failed`` (``error``).
+``Finished`` or ``Failed``. This module is the one place turn events are made:
+
+- :meth:`Turn.start` makes the first (``Started``);
+- a running turn's ``TurnProgress`` (``turnstream.domain.progress``) makes *drafts* of
+  the rest (text, reasoning, a title, the end) and checks that nothing follows the end;
+  the group writer numbers the drafts of many turns in one commit and turns each into
+  its event with ``Draft.event``;
+- a folded :class:`Turn` whose runner died makes its end with :meth:`Turn.lose_runner`.
+
+The events are plain facts: how they are named on SSE, on NATS or in metrics is decided
+by those parts, in tables of their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from uuid import UUID
 
 import msgspec
 
-from turnstream.domain.events import DomainEvent
+from turnstream.domain.errors import TurnEnded
+from turnstream.domain.events import DomainEvent, utcnow
 
 TurnMode = Literal["message", "retry", "edit", "continue"]
 TurnStatus = Literal["running", "completed", "interrupted", "failed"]
+
+RUNNER_LOST = "runner_lost"
+"""The code of a turn ended because the process running it stopped."""
 
 
 class TurnUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,15 +41,9 @@ class TurnUsage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TurnEvent(DomainEvent, frozen=True, kw_only=True):
-    """An event of a turn; ``SSE_NAME`` is the contract's event name."""
+    """An event of a turn; a terminal one ends it."""
 
-    SSE_NAME: ClassVar[str] = ""
-    SUBJECT_TYPE: ClassVar[str] = ""
     TERMINAL: ClassVar[bool] = False
-
-    def sse_data(self) -> dict[str, Any]:
-        """The event's fields as the contract lists them (``seq`` and ``turn_id`` added later)."""
-        raise NotImplementedError
 
 
 class Turn:
@@ -43,8 +51,6 @@ class Turn:
 
     class Started(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.started.v1"
-        SSE_NAME = "turn.started"
-        SUBJECT_TYPE = "turn_started"
 
         conversation_id: UUID
         tenant: str
@@ -63,52 +69,23 @@ class Turn:
         reasoning_prefix: str = ""
         """For ``continue``: the reasoning the answer had so far."""
 
-        def sse_data(self) -> dict[str, Any]:
-            return {
-                "conversation_id": str(self.conversation_id),
-                "mode": self.mode,
-                "user_message_id": _opt(self.user_message_id),
-                "assistant_message_id": str(self.assistant_message_id),
-                "parent_id": _opt(self.parent_id),
-                "model": self.model,
-                "request_id": self.request_id,
-                "created_at": _iso(self.timestamp),
-            }
-
     class ReasoningAppended(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.reasoning_appended.v1"
-        SSE_NAME = "reasoning"
-        SUBJECT_TYPE = "reasoning"
 
         text: str
-
-        def sse_data(self) -> dict[str, Any]:
-            return {"text": self.text}
 
     class TokensAppended(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.tokens_appended.v1"
-        SSE_NAME = "token"
-        SUBJECT_TYPE = "token"
 
         text: str
 
-        def sse_data(self) -> dict[str, Any]:
-            return {"text": self.text}
-
     class Titled(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.titled.v1"
-        SSE_NAME = "title"
-        SUBJECT_TYPE = "title"
 
         title: str
 
-        def sse_data(self) -> dict[str, Any]:
-            return {"title": self.title}
-
     class Finished(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.finished.v1"
-        SSE_NAME = "final"
-        SUBJECT_TYPE = "final"
         TERMINAL = True
 
         status: Literal["completed", "interrupted"]
@@ -117,19 +94,8 @@ class Turn:
         finish_reason: str | None = None
         usage: TurnUsage = msgspec.field(default_factory=TurnUsage)
 
-        def sse_data(self) -> dict[str, Any]:
-            return {
-                "status": self.status,
-                "text": self.text,
-                "reasoning": self.reasoning,
-                "finish_reason": self.finish_reason,
-                "usage": msgspec.to_builtins(self.usage),
-            }
-
     class Failed(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.failed.v1"
-        SSE_NAME = "error"
-        SUBJECT_TYPE = "error"
         TERMINAL = True
 
         code: str
@@ -137,9 +103,6 @@ class Turn:
         text: str
         reasoning: str = ""
         usage: TurnUsage | None = None
-
-        def sse_data(self) -> dict[str, Any]:
-            return {"code": self.code, "message": self.message, "text": self.text}
 
     def __init__(self, started: Turn.Started) -> None:
         self.id = started.originator_id
@@ -202,10 +165,60 @@ class Turn:
                 turn.apply(event)
         return turn
 
+    # Commands.
 
-def _opt(value: UUID | None) -> str | None:
-    return None if value is None else str(value)
+    @staticmethod
+    def start(
+        turn_id: UUID,
+        *,
+        conversation_id: UUID,
+        tenant: str,
+        user_id: str,
+        node_id: UUID,
+        mode: TurnMode,
+        user_message_id: UUID | None,
+        assistant_message_id: UUID,
+        parent_id: UUID | None,
+        model: str,
+        request_id: str | None = None,
+        content: str = "",
+        prefix: str = "",
+        reasoning_prefix: str = "",
+        at: datetime | None = None,
+    ) -> Turn.Started:
+        """A new turn: its first event. A mode that adds a user message has its id."""
+        if (user_message_id is None) == (mode in ("message", "edit")):
+            msg = f"mode {mode!r}: a user message id goes with message and edit only"
+            raise ValueError(msg)
+        return Turn.Started(
+            originator_id=turn_id,
+            originator_version=1,
+            timestamp=at or utcnow(),
+            conversation_id=conversation_id,
+            tenant=tenant,
+            user_id=user_id,
+            node_id=node_id,
+            mode=mode,
+            user_message_id=user_message_id,
+            assistant_message_id=assistant_message_id,
+            parent_id=parent_id,
+            model=model,
+            request_id=request_id,
+            content=content,
+            prefix=prefix,
+            reasoning_prefix=reasoning_prefix,
+        )
 
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+    def lose_runner(self, at: datetime | None = None) -> Turn.Failed:
+        """The process running this turn stopped: end it, keeping what it streamed."""
+        if self.ended:
+            raise TurnEnded(self.id)
+        return Turn.Failed(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=at or utcnow(),
+            code=RUNNER_LOST,
+            message="The process running this turn stopped; the text streamed so far is kept.",
+            text=self.text,
+            reasoning=self.reasoning,
+        )

@@ -1,18 +1,47 @@
-"""Request bodies read strictly: bounded nesting, text PostgreSQL can store.
+"""Request bodies: their shapes, and how strictly every one is read.
 
-Every JSON body passes here (the app's request class), so every field of every route,
-today's and tomorrow's, is held to the same rules. A body that breaks one is a 400
-``invalid_request`` that names the field; nothing is stored.
+Every JSON body passes the app's request class, so every field of every route, today's
+and tomorrow's, is held to the same rules: bounded nesting, and text PostgreSQL can
+store. A body that breaks one is a 400 ``invalid_request`` that names the field;
+nothing is stored. Bodies are closed: an unknown field is a 400 too, so no body can set
+a tenant, an owner, a role or usage.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Request
 
-from turnstream.errors import Invalid
-from turnstream.strict import MAX_JSON_DEPTH, json_too_deep
+from turnstream.domain.errors import Invalid
+from turnstream.domain.identities import TENANT_PATTERN
+from turnstream.domain.modes import TurnRequest
+from turnstream.http.params import MAX_JSON_DEPTH, json_too_deep
+
+
+class NewConversation(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str | None = None
+    title: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    system_prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
+
+
+class ConversationPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class GuestRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tenant: Annotated[str, msgspec.Meta(pattern=TENANT_PATTERN)] | None = None
+    """The tenant whose guest this is (the configured guest tenant by default)."""
+
+
+BODIES: tuple[type[msgspec.Struct], ...] = (
+    NewConversation,
+    ConversationPatch,
+    TurnRequest,
+    GuestRequest,
+)
+"""Every request body type (each refuses unknown fields; OpenAPI says so)."""
 
 
 def check_text(value: Any, path: str = "") -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response
@@ -19,14 +21,89 @@ from litestar.openapi.spec import (
 )
 
 from turnstream.bus.nats import BROKER_OUTAGE
-from turnstream.domain.postgres import STORE_OUTAGE
-from turnstream.errors import ServiceUnavailable, TurnstreamError
+from turnstream.domain.errors import (
+    Conflict,
+    ConversationFull,
+    ConversationNotFound,
+    InputTooLong,
+    Invalid,
+    LimitExceeded,
+    LoginRequired,
+    MessageNotFound,
+    ModelUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExhausted,
+    ServiceUnavailable,
+    TooManyTurns,
+    TurnInProgress,
+    TurnNotFound,
+    TurnstreamError,
+    Unauthorized,
+    UnknownModel,
+)
+from turnstream.store.recorder import STORE_OUTAGE
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
-_CODES = {
+
+@dataclass(frozen=True)
+class Answer:
+    """How an error is answered: its status, its problem title, and when it happens."""
+
+    status: int
+    title: str
+    when: str
+
+
+ERRORS: dict[type[TurnstreamError], Answer] = {
+    Invalid: Answer(
+        400, "Invalid request", "the request is not valid (the detail says which part)"
+    ),
+    UnknownModel: Answer(400, "Unknown model", "the request names a model not configured"),
+    Unauthorized: Answer(401, "Unauthorized", "no valid bearer token"),
+    NotFound: Answer(404, "Not found", "nothing by that path (or guests are off)"),
+    ConversationNotFound: Answer(
+        404,
+        "Conversation not found",
+        "no conversation of the caller's by that id; another user's or tenant's answers the same",
+    ),
+    TurnNotFound: Answer(404, "Turn not found", "no turn by that id in the conversation"),
+    MessageNotFound: Answer(404, "Message not found", "no message by that id in the conversation"),
+    Conflict: Answer(409, "Conflict", "the request conflicts with the state"),
+    TurnInProgress: Answer(
+        409, "A turn is in progress", "the conversation has a running turn (its `turn_id`)"
+    ),
+    ModelUnavailable: Answer(
+        410, "Model unavailable", "the conversation's model is no longer served"
+    ),
+    PayloadTooLarge: Answer(413, "Payload too large", "a message longer than the limit"),
+    InputTooLong: Answer(422, "Input too long", "the turn's input is more than the model takes"),
+    ConversationFull: Answer(
+        422, "Conversation full", "the conversation holds the most messages it may"
+    ),
+    LimitExceeded: Answer(429, "Too many requests", "more requests a minute than allowed"),
+    TooManyTurns: Answer(
+        429, "Too many running turns", "the caller has the most turns running it may"
+    ),
+    QuotaExhausted: Answer(
+        429, "Token quota exhausted", "the day's or the week's tokens are used up"
+    ),
+    LoginRequired: Answer(429, "Login required", "a guest has sent every message it may"),
+    ServiceUnavailable: Answer(
+        503,
+        "Service unavailable",
+        "PostgreSQL, NATS or the read model is not available now",
+    ),
+}
+"""The one table from the domain's errors to their answers. An error not listed is
+answered as its nearest listed base class is."""
+
+INTERNAL = Answer(500, "Internal error", "a fault of the service")
+
+_FRAMEWORK: dict[int, tuple[str, str]] = {
     400: ("invalid_request", "Invalid request"),
     401: ("unauthorized", "Unauthorized"),
     403: ("forbidden", "Forbidden"),
@@ -38,6 +115,16 @@ _CODES = {
     429: ("rate_limited", "Too many requests"),
     503: ("service_unavailable", "Service unavailable"),
 }
+"""Litestar's own errors (routing, body size, validation) by status: the same codes."""
+
+
+def answer_for(exc: TurnstreamError) -> Answer:
+    """The answer of ``exc``'s class, or of its nearest listed base class."""
+    for cls in type(exc).__mro__:
+        answer = ERRORS.get(cls)
+        if answer is not None:
+            return answer
+    return INTERNAL
 
 
 def problem(
@@ -76,8 +163,9 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: TurnstreamError) -
     headers = None
     if exc.retry_after is not None:
         headers = {"Retry-After": str(exc.retry_after)}
+    answer = answer_for(exc)
     return _counted(
-        request, problem(exc.status, exc.code, exc.title, exc.detail, headers, **exc.extra)
+        request, problem(answer.status, exc.code, answer.title, exc.detail, headers, **exc.extra)
     )
 
 
@@ -98,7 +186,7 @@ def handle_outage(request: Request[Any, Any, Any], exc: Exception) -> Response[A
 
 def handle_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
-    code, title = _CODES.get(status, ("internal_error", "Internal error"))
+    code, title = _FRAMEWORK.get(status, ("internal_error", "Internal error"))
     if status >= 500:
         detail = "The server could not handle this request."
         return _counted(request, problem(status, code, title, detail))
@@ -134,20 +222,21 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 nearest class, so an outage error is a 503 whichever of its classes it is."""
 
 
-_PROBLEM_DESCRIPTIONS = {
-    400: "The request is not valid (`invalid_request`, `unknown_model`).",
-    401: "No valid bearer token (`unauthorized`).",
-    404: "Nothing of this caller's by that id (`conversation_not_found`, `turn_not_found`,"
-    " `message_not_found`); another user's or tenant's things answer the same.",
-    409: "A turn is running in this conversation (`turn_in_progress`, with its `turn_id`).",
-    410: "The conversation's model is no longer served (`model_unavailable`).",
-    413: "The body or the message is too large (`payload_too_large`).",
-    422: "The input does not fit (`input_too_long`, `conversation_full`).",
-    429: "A rate limit or quota (`rate_limited`, `quota_exhausted`, `too_many_turns`,"
-    " `login_required`); retry after `Retry-After` seconds.",
-    503: "PostgreSQL, NATS or the read model is not available now (`service_unavailable`);"
-    " retry after `Retry-After` seconds.",
-}
+def problem_descriptions() -> dict[int, str]:
+    """Each status's OpenAPI description: the codes that answer with it, and when
+    (derived from :data:`ERRORS`, so the document never drifts from the answers)."""
+    whens: dict[int, list[str]] = defaultdict(list)
+    for cls, answer in ERRORS.items():
+        whens[answer.status].append(f"`{cls.code}`: {answer.when}")
+    described = {status: "; ".join(parts) + "." for status, parts in whens.items()}
+    described[400] += " Also malformed JSON and wrong or unknown fields (`invalid_request`)."
+    described[404] += " Also a path that names nothing (`not_found`)."
+    described[413] += " Also a body larger than the limit (`payload_too_large`)."
+    for status in (429, 503):
+        described[status] += " Retry after `Retry-After` seconds."
+    return described
+
+
 # Answers beyond those every operation's shape implies (see document_problems).
 _EXTRA_PROBLEMS: dict[tuple[str, str], set[int]] = {
     ("get", "/readyz"): {503},
@@ -166,6 +255,7 @@ def document_problems(openapi: OpenAPI) -> None:
     when it takes a body, 404 when its path names something; ``_EXTRA_PROBLEMS`` adds the
     rest (a turn's limits and conflicts).
     """
+    descriptions = problem_descriptions()
     components = openapi.components
     components.schemas = dict(components.schemas or {})
     components.schemas["Problem"] = Schema(
@@ -206,7 +296,7 @@ def document_problems(openapi: OpenAPI) -> None:
             responses = dict(operation.responses or {})
             for status in sorted(statuses):
                 responses[str(status)] = OpenAPIResponse(
-                    description=_PROBLEM_DESCRIPTIONS[status],
+                    description=descriptions[status],
                     content=content,
                     headers=retry_after if status in (429, 503) else None,
                 )

@@ -15,10 +15,14 @@ filler is URL-safe base64 text, which JSON never escapes.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
 
 import msgspec
 
-from turnstream.domain.turn import TurnEvent
+from turnstream.domain.turn import Turn, TurnEvent
 
 _json = msgspec.json.Encoder()
 
@@ -29,8 +33,64 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
-PADDED = frozenset({"token", "reasoning"})
+
+def _opt(value: UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _started(e: Turn.Started) -> dict[str, Any]:
+    return {
+        "conversation_id": str(e.conversation_id),
+        "mode": e.mode,
+        "user_message_id": _opt(e.user_message_id),
+        "assistant_message_id": str(e.assistant_message_id),
+        "parent_id": _opt(e.parent_id),
+        "model": e.model,
+        "request_id": e.request_id,
+        "created_at": _iso(e.timestamp),
+    }
+
+
+def _final(e: Turn.Finished) -> dict[str, Any]:
+    return {
+        "status": e.status,
+        "text": e.text,
+        "reasoning": e.reasoning,
+        "finish_reason": e.finish_reason,
+        "usage": msgspec.to_builtins(e.usage),
+    }
+
+
+def _text(e: Turn.TokensAppended | Turn.ReasoningAppended) -> dict[str, Any]:
+    return {"text": e.text}
+
+
+SSE_EVENTS: dict[type[TurnEvent], tuple[str, Callable[[Any], dict[str, Any]]]] = {
+    Turn.Started: ("turn.started", _started),
+    Turn.ReasoningAppended: ("reasoning", _text),
+    Turn.TokensAppended: ("token", _text),
+    Turn.Titled: ("title", lambda e: {"title": e.title}),
+    Turn.Finished: ("final", _final),
+    Turn.Failed: ("error", lambda e: {"code": e.code, "message": e.message, "text": e.text}),
+}
+"""Each turn event's SSE name and data (the contract's fields; ``seq`` and ``turn_id``
+are added to every frame)."""
+
+PADDED = frozenset({Turn.TokensAppended, Turn.ReasoningAppended})
 """The frames whose length would reveal the length of the text they carry."""
+
+
+def sse_name(event: TurnEvent) -> str:
+    return SSE_EVENTS[type(event)][0]
+
+
+def sse_data(event: TurnEvent) -> dict[str, Any]:
+    return SSE_EVENTS[type(event)][1](event)
+
 
 PAD_ROOM = 48
 """Bytes of JSON text every padded frame has room for (several tokens' worth)."""
@@ -46,11 +106,12 @@ def encode_frame(event: TurnEvent, *, padding: bool) -> bytes:
         padding: Whether token and reasoning data get their ``p`` filler.
     """
     seq = event.originator_version
-    fields = event.sse_data()
+    name, data_of = SSE_EVENTS[type(event)]
+    fields = data_of(event)
     data = _json.encode({"seq": seq, "turn_id": str(event.originator_id), **fields})
-    if padding and event.SSE_NAME in PADDED:
+    if padding and type(event) in PADDED:
         data = data[:-1] + b',"p":"' + _filler(fields["text"]).encode() + b'"}'
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.SSE_NAME.encode(), data)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name.encode(), data)
 
 
 def _filler(text: str) -> str:

@@ -11,12 +11,10 @@ from typing import ClassVar
 
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent
+from turnstream.domain.modes import NEW_MESSAGES
 from turnstream.domain.turn import Turn
 from turnstream.projections.base import BatchProjection, Op
 from turnstream.projections.tree import CONVERSATION_TOPICS, TURN_TOPICS
-
-NEW_MESSAGES = {"message": 2, "edit": 2, "retry": 1, "continue": 0}
-"""Messages a turn adds to the tree, by mode (continue extends an answer in place)."""
 
 
 class ConversationList(BatchProjection):

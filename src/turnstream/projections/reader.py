@@ -19,9 +19,9 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 from psycopg.sql import SQL, Identifier
 
-from turnstream.domain.application import APP_NAME, TurnstreamApplication
 from turnstream.projections.base import channel
 from turnstream.projections.runner import PROJECTIONS
+from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 log = logging.getLogger(__name__)
 

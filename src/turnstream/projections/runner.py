@@ -18,8 +18,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, cast
 
 import psycopg
@@ -27,9 +26,7 @@ from eventsourcing.persistence import Notification, Tracking
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from turnstream.domain.application import APP_NAME, TurnstreamApplication
 from turnstream.domain.events import DomainEvent
-from turnstream.domain.postgres import DELTAS_ONLY
 from turnstream.projections.base import (
     REGISTRY,
     BatchProjection,
@@ -44,6 +41,8 @@ from turnstream.projections.base import (
 from turnstream.projections.conversation_list import ConversationList
 from turnstream.projections.tree import MessageTree
 from turnstream.projections.usage import UsageCounters
+from turnstream.store.application import APP_NAME, TurnstreamApplication
+from turnstream.store.recorder import DELTAS_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,8 @@ PROJECTIONS: dict[str, type[BatchProjection]] = {
     p.name: p for p in (MessageTree, ConversationList, UsageCounters)
 }
 PAGE = 1000
+STOP_CHECK_S = 0.25
+"""How often an idle worker looks whether it was asked to stop."""
 ADVANCE_EVERY_S = 1.0
 """How often an idle worker records that it has read past events it does not use."""
 
@@ -107,7 +108,7 @@ def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
     return active
 
 
-def _one(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> Any:
+def first_value(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> Any:
     """The first column of the first row (any connection: dict rows or tuples)."""
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(query, params).fetchone()
@@ -115,7 +116,7 @@ def _one(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()
 
 
 def active_generation(conn: psycopg.Connection[Any], app: TurnstreamApplication, name: str) -> int:
-    generation = _one(
+    generation = first_value(
         conn, SQL("SELECT generation FROM {} WHERE name = %s").format(_registry(app)), (name,)
     )
     if generation is None:
@@ -217,9 +218,9 @@ class Batch:
             )
 
 
-def _head(conn: psycopg.Connection[Any], app: TurnstreamApplication) -> int:
+def log_head(conn: psycopg.Connection[Any], app: TurnstreamApplication) -> int:
     query = SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(app.store.events_table)
-    return int(_one(conn, query))
+    return int(first_value(conn, query))
 
 
 class ProjectionWorker:
@@ -276,10 +277,12 @@ class ProjectionWorker:
         notification and are let pass: those events are never read here.
         """
         deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
+        while (remaining := deadline - time.monotonic()) > 0 and not self.stopping.is_set():
+            # In slices, so that a stop is seen at once (a child's stop waits for it).
+            slice_s = min(remaining, STOP_CHECK_S)
             # One packet may carry several notifications: any but a deltas one wakes.
-            heard = [n.payload for n in conn.notifies(timeout=remaining, stop_after=1)]
-            if not heard or any(payload != DELTAS_ONLY for payload in heard):
+            heard = [n.payload for n in conn.notifies(timeout=slice_s, stop_after=1)]
+            if any(payload != DELTAS_ONLY for payload in heard):
                 return
 
     def _follow(self, conn: psycopg.Connection[Any]) -> None:
@@ -295,7 +298,7 @@ class ProjectionWorker:
         while not self.stopping.is_set():
             for _ in conn.notifies(timeout=0):
                 pass  # what they announce, the reads below see
-            head = _head(conn, self.app)
+            head = log_head(conn, self.app)
             events = batch.read(position, head) if head > position else []
             if events:
                 last = head if len(events) < batch.page else events[-1][1]
@@ -311,97 +314,3 @@ class ProjectionWorker:
                 continue
             recorded = time.monotonic()
             position = last
-
-
-@dataclass
-class RebuildResult:
-    name: str
-    generation: int
-    events: int
-    applied: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
-
-
-Progress = Callable[[int, int], None]
-"""Called with (position reached, log head) after each page."""
-
-
-def rebuild(
-    app: TurnstreamApplication,
-    name: str,
-    progress: Progress | None = None,
-    *,
-    page: int = PAGE,
-) -> RebuildResult:
-    """Build ``name``'s next generation from the first event and make it the active one."""
-    projection = PROJECTIONS[name]
-    started = time.perf_counter()
-    with app.connect() as conn:
-        key = lock_key(app.store.datastore.schema, f"{name}/rebuild")
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-        if not (row and row[0]):
-            msg = f"projection {name!r} is being rebuilt by another process"
-            raise RuntimeError(msg)
-        old = active_generation(conn, app, name)
-        batch = Batch(app, projection, old + 1, page=page)
-        batch.view.drop(conn)  # what an interrupted rebuild left
-        batch.view.create_table()
-        position = applied = 0
-        head = _head(conn, app)
-        first_head = head
-        while True:
-            head = _head(conn, app)
-            events = batch.read(position, head)
-            # A full page that ends at the head is the last one too: an empty page after
-            # it would record the same position again, which the tracking refuses.
-            final = len(events) < page or events[-1][1] == head
-            last = head if final else events[-1][1]
-            batch.apply(conn, events, last, rebuilding=True, activate=final)
-            applied += len(events)
-            position = last
-            if progress is not None:
-                progress(position, head)
-            if final:
-                break
-        ViewStore(app.store.datastore, projection=projection, generation=old).drop(conn)
-    seconds = time.perf_counter() - started
-    return RebuildResult(name, old + 1, max(position, first_head), applied, seconds)
-
-
-@dataclass
-class ProjectionStatus:
-    name: str
-    generation: int
-    position: int
-    head: int
-    repaired: int = 0
-    """Events whose text the view holds repaired (see ``storable``), each counted once."""
-
-    @property
-    def lag(self) -> int:
-        return max(0, self.head - self.position)
-
-
-def status(app: TurnstreamApplication) -> list[ProjectionStatus]:
-    schema = Identifier(app.store.datastore.schema)
-    result = []
-    with app.store.datastore.get_connection() as conn:
-        head = _head(conn, app)
-        repaired = app.store.repair_counts(conn)
-        for name in PROJECTIONS:
-            gen = active_generation(conn, app, name)
-            position = _one(
-                conn,
-                SQL(
-                    "SELECT coalesce(max(notification_id), 0) FROM {}.{}"
-                    " WHERE application_name = %s"
-                ).format(schema, Identifier(f"{name}_tracking")),
-                (APP_NAME,),
-            )
-            count = repaired.get(projection_part(name), 0)
-            result.append(ProjectionStatus(name, gen, int(position), head, count))
-    return result

@@ -7,29 +7,12 @@ tenant or per model are sums over these rows.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
 from typing import ClassVar
 
 from turnstream.domain.events import DomainEvent
+from turnstream.domain.periods import PERIODS, period_starts
 from turnstream.domain.turn import Turn
 from turnstream.projections.base import BatchProjection, Op
-
-PERIODS = ("day", "week")
-
-
-def period_starts(moment: datetime) -> tuple[date, date]:
-    """The UTC day of ``moment`` and the Monday starting its ISO week."""
-    day = moment.astimezone(UTC).date()
-    return day, day - timedelta(days=day.weekday())
-
-
-PERIOD_LENGTH = {"day": timedelta(days=1), "week": timedelta(days=7)}
-
-
-def period_bounds(period: str, start: date) -> tuple[datetime, datetime]:
-    """When the period that starts on ``start`` begins and when it resets (UTC)."""
-    begins = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
-    return begins, begins + PERIOD_LENGTH[period]
 
 
 class UsageCounters(BatchProjection):

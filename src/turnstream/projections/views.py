@@ -11,8 +11,8 @@ from uuid import UUID
 import msgspec
 
 from turnstream.domain.conversation import Conversation
+from turnstream.domain.errors import Invalid
 from turnstream.domain.turn import TurnUsage
-from turnstream.errors import Invalid
 from turnstream.projections.reader import ListCursor
 
 MessageStatus = Literal["complete", "streaming", "interrupted", "failed"]

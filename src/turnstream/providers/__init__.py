@@ -17,7 +17,7 @@ from turnstream.providers.base import (
 from turnstream.providers.demo import DemoProvider
 from turnstream.providers.openai import OpenAIProvider
 from turnstream.providers.title import heuristic_title, llm_title
-from turnstream.settings import ModelConfig, Settings
+from turnstream.settings import ModelConfig, ModelSettings
 
 __all__ = [
     "ChatMessage",
@@ -42,11 +42,11 @@ class Providers:
     """The providers one process uses, chosen per model.
 
     Args:
-        settings: Supplies the demo model's pace and answer length.
+        models: Supplies the demo model's pace and answer length.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.demo = DemoProvider(settings.demo_tokens_per_s, settings.demo_tokens)
+    def __init__(self, models: ModelSettings) -> None:
+        self.demo = DemoProvider(models.demo_tokens_per_s, models.demo_tokens)
         self.openai = OpenAIProvider()
 
     def for_model(self, model: ModelConfig) -> Provider:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import msgspec
 
-from turnstream.errors import Unauthorized
-from turnstream.identities import (
+from turnstream.domain.callers import Caller
+from turnstream.domain.errors import Unauthorized
+from turnstream.domain.identities import (
     TENANT_RULE,
     USER_ID_RULE,
     check_tenant,
@@ -21,19 +21,6 @@ from turnstream.identities import (
 )
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
-
-
-class Caller(msgspec.Struct, frozen=True, kw_only=True):
-    """Who is asking: from the verified token, never from a request body."""
-
-    user_id: str
-    tenant: str
-    guest: bool = False
-    roles: tuple[str, ...] = ()
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.roles and not self.guest
 
 
 def mint(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from turnstream.errors import Invalid
+from turnstream.domain.errors import Invalid
 
 MAX_JSON_DEPTH = 64
 """The deepest nesting of arrays and objects a request body may have: far more than any

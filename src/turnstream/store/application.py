@@ -19,16 +19,12 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from turnstream.domain.conversation import Conversation, ConversationEvent
-from turnstream.domain.events import (
-    DomainEvent,
-    MsgspecMapper,
-    NullTranscoder,
-    decode_event,
-    encode_event,
-)
-from turnstream.domain.postgres import Admission, Admitted, Row, TurnstreamRecorder, as_row
+from turnstream.domain.errors import ConversationNotFound
+from turnstream.domain.events import DomainEvent
 from turnstream.domain.turn import Turn, TurnEvent
-from turnstream.errors import ConversationNotFound
+from turnstream.store.admission import Admission, Admitted
+from turnstream.store.mapper import MsgspecMapper, NullTranscoder, decode_event, encode_event
+from turnstream.store.recorder import Row, TurnstreamRecorder, as_row
 
 APP_NAME = "turnstream"
 
@@ -83,6 +79,12 @@ class TurnstreamApplication(Application[UUID]):
                 "keepalives_count": 3,
             }
         return psycopg.connect(self.database_url, **kwargs)
+
+    def ping(self) -> bool:
+        """Whether PostgreSQL answers a query on a pooled connection."""
+        with self.store.datastore.get_connection() as conn:
+            conn.execute("SELECT 1")
+        return True
 
     # Conversations.
 

@@ -1,4 +1,4 @@
-"""``serve``'s relay (and its projection workers) as supervised child processes.
+"""Supervised children: ``serve``'s relay and its projection workers, each a process.
 
 Publishing every stored event costs tens of microseconds of Python per event. On the
 HTTP process's event loop that competes, under one GIL, with the SSE streams it serves;
@@ -22,12 +22,14 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_S = 1.0
 
 
-class RelayProcess:
+class SupervisedChild:
+    """``turnstream <command> --supervised`` as a child, started again if it dies."""
+
     def __init__(
         self,
         env: dict[str, str],
         *,
-        command: tuple[str, ...] = ("relay",),
+        command: tuple[str, ...],
         stop_timeout_s: float = 5.0,
     ) -> None:
         self.env = env
@@ -62,7 +64,8 @@ class RelayProcess:
             await asyncio.sleep(RESTART_DELAY_S)
 
     async def stop(self) -> None:
-        """Ask the relay to publish what is stored and exit; kill it after the timeout."""
+        """Ask the child to finish (the relay publishes what is stored) and exit, by
+        closing its standard input; kill it after the timeout."""
         self._stopping = True
         proc = self.proc
         if proc is not None and proc.returncode is None:

@@ -1,8 +1,8 @@
 """The group-commit writer: one per process, one transaction per batch, never idle-open.
 
-Runners hand it drafts (an event class and its fields) from the event loop. A single
+Runners hand it drafts (``turnstream.domain.turn.Draft``) from the event loop. A single
 thread takes whatever has accumulated since its last commit, from all running turns,
-merges consecutive token (and reasoning) drafts of one turn into one event, numbers
+merges consecutive text (and reasoning) drafts of one turn into one event, numbers
 each turn's events, and writes them with one COPY under the event table's lock. Under
 light load a batch is one token and commits within a round trip or two; under heavy
 load batches grow and the lock, round trips and fsync are shared. Only after the commit
@@ -15,29 +15,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
-from turnstream.domain.application import TurnstreamApplication
-from turnstream.domain.events import utcnow
+from turnstream.domain.progress import DeltaDraft, Draft, merge_deltas
 from turnstream.domain.turn import Turn, TurnEvent
+from turnstream.store.application import TurnstreamApplication
 
 log = logging.getLogger(__name__)
 
-MERGEABLE = (Turn.TokensAppended, Turn.ReasoningAppended)
-"""Text deltas: merged per turn, and never read by the projections."""
-
-
-@dataclass(slots=True)
-class Draft:
-    turn_id: UUID
-    cls: type[TurnEvent]
-    fields: dict[str, Any]
-    at: Any = field(default_factory=utcnow)
+DELTA_EVENTS = (Turn.TokensAppended, Turn.ReasoningAppended)
+"""Text deltas: never read by the projections (a commit of only these says so)."""
 
 
 @dataclass(slots=True)
@@ -84,11 +76,11 @@ class GroupWriter:
         with self._cond:
             self._versions[turn_id] = version
 
-    def submit(self, turn_id: UUID, cls: type[TurnEvent], **fields: Any) -> None:
+    def submit(self, draft: Draft) -> None:
         with self._cond:
-            if turn_id not in self._versions:
+            if draft.turn_id not in self._versions:
                 return  # the turn was lost or has ended; nothing more may be written
-            self._pending.append(Draft(turn_id, cls, fields))
+            self._pending.append(draft)
             self._cond.notify()
 
     def pending(self) -> int:
@@ -127,15 +119,23 @@ class GroupWriter:
         return drafts
 
     def _build(self, drafts: list[Draft]) -> tuple[list[TurnEvent], list[UUID]]:
+        """The drafts as numbered events (consecutive deltas of a kind of a turn merged
+        into one), and the turns they end."""
         merged: list[Draft] = []
-        last_of_turn: dict[UUID, Draft] = {}
+        more: dict[int, list[str]] = {}
+        """Index in ``merged`` of a delta → the texts of the deltas merged into it."""
+        last_of_turn: dict[UUID, int] = {}
         for d in drafts:
-            prev = last_of_turn.get(d.turn_id)
-            if prev is not None and prev.cls is d.cls and d.cls in MERGEABLE:
-                prev.fields["text"] += d.fields["text"]
+            at = last_of_turn.get(d.turn_id)
+            if at is not None and isinstance(d, DeltaDraft) and type(merged[at]) is type(d):
+                more.setdefault(at, []).append(d.text)
                 continue
+            last_of_turn[d.turn_id] = len(merged)
             merged.append(d)
-            last_of_turn[d.turn_id] = d
+        for at, texts in more.items():
+            first = merged[at]
+            assert isinstance(first, DeltaDraft)
+            merged[at] = merge_deltas(first, texts)
         events: list[TurnEvent] = []
         ended: list[UUID] = []
         with self._cond:
@@ -145,15 +145,8 @@ class GroupWriter:
                     continue
                 version += 1
                 self._versions[d.turn_id] = version
-                events.append(
-                    d.cls(
-                        originator_id=d.turn_id,
-                        originator_version=version,
-                        timestamp=d.at,
-                        **d.fields,
-                    )
-                )
-                if d.cls.TERMINAL:
+                events.append(d.event(version))
+                if d.TERMINAL:
                     ended.append(d.turn_id)
                     del self._versions[d.turn_id]
         self.stats.drafts += len(drafts)
@@ -190,7 +183,7 @@ class GroupWriter:
         conn = self._connection()
         stored = [self.app.encode_row(e) for e in events]
         t0 = time.perf_counter()
-        deltas = all(type(e) in MERGEABLE for e in events)
+        deltas = all(type(e) in DELTA_EVENTS for e in events)
         position = self.app.store.append_batch(conn, stored, ended, deltas_only=deltas)
         self.stats.last_commit_s = time.perf_counter() - t0
         self.stats.batches += 1

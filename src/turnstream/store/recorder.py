@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -24,9 +22,12 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import ClientCursor
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Composable, Identifier, Literal
+from psycopg.sql import SQL, Identifier, Literal
 
-from turnstream.limits import cell_params, take_statement
+from turnstream.store.admission import Admission, Admitted, start_query
+from turnstream.store.limits import rate_table
+from turnstream.store.repairs import RepairNotes
+from turnstream.store.turnindex import TurnIndexQueries
 
 STORE_OUTAGE: tuple[type[Exception], ...] = (
     psycopg.OperationalError,
@@ -60,83 +61,18 @@ def as_row(event: StoredEvent) -> Row:
     return (event.originator_id, event.originator_version, event.topic, event.state)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Admission:
-    """What a turn may start under: the limits of its user (each 0 = off)."""
-
-    tenant: str
-    user_id: str
-    reserve: int = 0
-    """The most tokens (in and out) this turn may use: held against the quotas until
-    the usage view counts what it really used."""
-    max_running: int = 0
-    """Turns the user may have running at once."""
-    max_turns: int = 0
-    """Turns the user may start in all (guests)."""
-    quota_day: int = 0
-    quota_week: int = 0
-    day: date | None = None
-    week: date | None = None
-    usage_counters: Composable | None = None
-    """The usage view's counters and tracking (read in the start's own statement)."""
-    usage_tracking: Composable | None = None
-    per_minute: int = 0
-    """Starts per minute for each of ``rate_keys`` (cells of ``rate_table``, taken by
-    the start's own statement: the table lock already orders starts, so a hot key
-    costs no queue of its own)."""
-    rate_keys: tuple[str, ...] = ()
-    rate_table: Composable | None = None
-
-    @property
-    def user_key(self) -> str:
-        return user_key(self.tenant, self.user_id)
-
-
-def user_key(tenant: str, user_id: str) -> str:
-    """A user's key in the turn index (a tenant id never holds a '/')."""
-    return f"{tenant}/{user_id}"
-
-
-ALLOWED = (
-    "(%(per_minute)s = 0 OR rate_taken = %(rate_count)s)"
-    " AND (%(max_running)s = 0 OR running < %(max_running)s)"
-    " AND (%(max_turns)s = 0 OR turns < %(max_turns)s)"
-    " AND (%(quota_day)s = 0 OR used_day + pending < %(quota_day)s)"
-    " AND (%(quota_week)s = 0 OR used_week + pending < %(quota_week)s)"
-)
-"""When a turn may start: a quota admits a turn while the tokens counted plus those the
-turns in flight may still use are below it, so it is never exceeded by more than the
-last turn's worth."""
-
-
-class Admitted(NamedTuple):
-    """The start's answer: its position (None if a limit refused it) and the figures."""
-
-    position: int | None
-    rate_taken: int
-    """How many of the rate keys gave a cell."""
-    running: int
-    turns: int
-    used_day: int
-    used_week: int
-    pending: int
-
-
-class TurnIndexRow(NamedTuple):
-    turn_id: UUID
-    conversation_id: UUID
-    node_id: UUID
-    started_position: int
-    ended: bool
-
-
-class TurnstreamRecorder(PostgresApplicationRecorder):
+class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecorder):
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(self.datastore.schema)
         self.index_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_turns"))
+        # The usage view's counters and tracking, and the rate limits' cells: the quotas
+        # and rate limits are read and taken in a turn's start statement.
+        self.usage_counters = SQL("{}.{}").format(schema, Identifier("usage_counters"))
+        self.usage_tracking = SQL("{}.{}").format(schema, Identifier("usage_tracking"))
+        self.rate_table = rate_table(self.datastore.schema)
         self.events_table = SQL("{}.{}").format(schema, Identifier(events_table_name))
         self.relay_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_relay"))
         self.repairs_table = SQL("{}.{}").format(schema, Identifier(f"{events_table_name}_repairs"))
@@ -257,7 +193,7 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
         already has a running turn, or when this turn id exists (an idempotent retry);
         nothing is then stored, nor when a limit refuses the turn.
         """
-        query, params = self._start_query(admission)
+        query, params = start_query(self, admission)
         params |= {
             "id": event.originator_id,
             "version": event.originator_version,
@@ -277,94 +213,6 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
                 return Admitted(row[0], *(int(v) for v in row[1:]))
         except psycopg.errors.UniqueViolation as exc:
             raise IntegrityError(str(exc.diag.constraint_name)) from None
-
-    def _start_query(self, a: Admission) -> tuple[Any, dict[str, Any]]:
-        """The lock, then one statement: the figures the limits need, and the inserts
-        that run only if they allow (a limit of 0 is off and costs no query)."""
-        zero: Composable = SQL("0")
-        mine = SQL("FROM {ix} WHERE user_key = %(user_key)s").format(ix=self.index_table)
-        running = SQL("(SELECT count(*) ") + mine + SQL(" AND NOT ended)")
-        turns = SQL("(SELECT count(*) ") + mine + SQL(")")
-        if a.quota_day or a.quota_week:
-            assert a.usage_counters is not None
-            assert a.usage_tracking is not None
-            used = SQL(
-                "(SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM {c}"
-                " WHERE tenant = %(tenant)s AND user_id = %(user_id)s AND period = {p}"
-                " AND period_start = {start})"
-            )
-            used_day: Composable = used.format(
-                c=a.usage_counters, p=Literal("day"), start=SQL("%(day)s")
-            )
-            used_week: Composable = used.format(
-                c=a.usage_counters, p=Literal("week"), start=SQL("%(week)s")
-            )
-            # Turns whose tokens the counters do not hold yet: running, or ended after
-            # the position the usage view has reached. Each counts what it may use.
-            # (Two index scans: the running turns, and those ended after the view.)
-            reserved = SQL("(SELECT coalesce(sum(reserved_tokens), 0) ") + mine
-            pending: Composable = (
-                reserved
-                + SQL(" AND NOT ended) + ")
-                + reserved
-                + SQL(
-                    " AND ended AND ended_position >"
-                    " (SELECT coalesce(max(notification_id), 0) FROM {t}))"
-                ).format(t=a.usage_tracking)
-            )
-        else:
-            used_day = used_week = pending = zero
-        rate_cte: Composable = SQL("")
-        rate_taken = zero
-        params = {}
-        if a.per_minute:
-            assert a.rate_table is not None
-            rate_cte = SQL("rate AS ({}), ").format(take_statement(a.rate_table))
-            rate_taken = SQL("(SELECT count(*) FROM rate)")
-            params = cell_params(a.rate_keys, a.per_minute)
-        figures = SQL(
-            "SELECT {rate_taken} AS rate_taken, {running} AS running, {turns} AS turns,"
-            " {used_day} AS used_day, {used_week} AS used_week, {pending} AS pending"
-        ).format(
-            rate_taken=rate_taken,
-            running=running if a.max_running else zero,
-            turns=turns if a.max_turns else zero,
-            used_day=used_day if a.quota_day else zero,
-            used_week=used_week if a.quota_week else zero,
-            pending=pending,
-        )
-        query = self.lock_sql + SQL(
-            "; WITH {rate_cte}f AS ({figures}),"
-            " e AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
-            " SELECT %(id)s, %(version)s, %(topic)s, %(state)s FROM f WHERE {allowed}"
-            " RETURNING notification_id),"
-            " i AS (INSERT INTO {ix} (turn_id, conversation_id, node_id, started_position,"
-            " user_key, reserved_tokens)"
-            " SELECT %(id)s, %(conversation)s, %(node)s, notification_id, %(user_key)s,"
-            " %(reserve)s FROM e RETURNING started_position)"
-            " SELECT (SELECT started_position FROM i), f.* FROM f"
-        ).format(
-            rate_cte=rate_cte,
-            figures=figures,
-            ev=self.events_table,
-            ix=self.index_table,
-            allowed=SQL(ALLOWED),
-        )
-        params |= {
-            "per_minute": a.per_minute,
-            "rate_count": len(set(a.rate_keys)),
-            "user_key": a.user_key,
-            "reserve": a.reserve,
-            "tenant": a.tenant,
-            "user_id": a.user_id,
-            "day": a.day,
-            "week": a.week,
-            "max_running": a.max_running,
-            "max_turns": a.max_turns,
-            "quota_day": a.quota_day,
-            "quota_week": a.quota_week,
-        }
-        return query, params
 
     def append_batch(
         self,
@@ -428,82 +276,3 @@ class TurnstreamRecorder(PostgresApplicationRecorder):
                 SQL("SELECT part, count(*) FROM {} GROUP BY part").format(self.repairs_table)
             )
             return {str(part): int(n) for part, n in cur.fetchall()}
-
-    # The turn index.
-
-    def last_version(self, originator_id: UUID) -> int:
-        """The version of an aggregate's last stored event (0 if it has none)."""
-        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                SQL(
-                    "SELECT originator_version FROM {} WHERE originator_id = %s"
-                    " ORDER BY originator_version DESC LIMIT 1"
-                ).format(self.events_table),
-                (originator_id,),
-            )
-            row = cur.fetchone()
-            return 0 if row is None else int(row[0])
-
-    def turns_of(self, user_key: str) -> int:
-        """How many turns a user (``tenant/user id``) has started in all."""
-        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                SQL("SELECT count(*) FROM {} WHERE user_key = %s").format(self.index_table),
-                (user_key,),
-            )
-            row = cur.fetchone()
-            return 0 if row is None else int(row[0])
-
-    def running_turn(self, conversation_id: UUID) -> UUID | None:
-        with self.datastore.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                SQL("SELECT turn_id FROM {} WHERE conversation_id = %s AND NOT ended").format(
-                    self.index_table
-                ),
-                (conversation_id,),
-            )
-            row = cur.fetchone()
-            return None if row is None else row["turn_id"]
-
-    def turn_row(self, turn_id: UUID) -> TurnIndexRow | None:
-        with self.datastore.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                SQL(
-                    "SELECT turn_id, conversation_id, node_id, started_position, ended"
-                    " FROM {} WHERE turn_id = %s"
-                ).format(self.index_table),
-                (turn_id,),
-            )
-            row = cur.fetchone()
-            return None if row is None else TurnIndexRow(**row)
-
-    def running_nodes(self, exclude: UUID) -> list[UUID]:
-        with self.datastore.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                SQL("SELECT DISTINCT node_id FROM {} WHERE NOT ended AND node_id <> %s").format(
-                    self.index_table
-                ),
-                (exclude,),
-            )
-            return [r["node_id"] for r in cur.fetchall()]
-
-    def running_turns_of(self, conn: psycopg.Connection[Any], node_id: UUID) -> list[UUID]:
-        with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                SQL("SELECT turn_id FROM {} WHERE NOT ended AND node_id = %s").format(
-                    self.index_table
-                ),
-                (node_id,),
-            )
-            return [r[0] for r in cur.fetchall()]
-
-    def turn_stored_events(self, conn: psycopg.Connection[Any], turn_id: UUID) -> list[StoredEvent]:
-        with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                SQL(
-                    "SELECT originator_id, originator_version, topic, state FROM {}"
-                    " WHERE originator_id = %s ORDER BY originator_version"
-                ).format(self.events_table),
-                (turn_id,),
-            )
-            return [StoredEvent(r[0], r[1], r[2], bytes(r[3])) for r in cur.fetchall()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from turnstream.errors import Invalid
+from turnstream.domain.errors import Invalid
 
 TENANT_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 """The tenant id as JSON Schema (ECMA-262) writes it: there ``$`` is the string's end."""

@@ -21,7 +21,9 @@ from rich.progress import (
 from rich.table import Table
 
 from turnstream.bootstrap import attach_store
-from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, rebuild, status
+from turnstream.projections.rebuild import rebuild
+from turnstream.projections.runner import PROJECTIONS, ProjectionWorker
+from turnstream.projections.status import status
 from turnstream.settings import Settings
 
 
@@ -112,7 +114,7 @@ def cmd_run(settings: Settings, names: list[str], *, supervised: bool = False) -
     """
     app, release = attach_store(settings)
     workers = [
-        ProjectionWorker(app, PROJECTIONS[name], takeover_s=settings.relay_takeover_s)
+        ProjectionWorker(app, PROJECTIONS[name], takeover_s=settings.relay.takeover_s)
         for name in names
     ]
     threads = [threading.Thread(target=w.run_forever, name=f"projection-{w.name}") for w in workers]

@@ -16,15 +16,34 @@ system prompt first), then for ``continue`` the answer so far.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from turnstream.errors import Invalid, MessageNotFound
+import msgspec
 
-if TYPE_CHECKING:
-    from turnstream.service import TurnRequest
+from turnstream.domain.errors import Invalid, MessageNotFound
+from turnstream.domain.turn import TurnMode
 
 Row = dict[str, Any]
+
+NEW_MESSAGES: dict[TurnMode, int] = {"message": 2, "edit": 2, "retry": 1, "continue": 0}
+"""Messages a turn adds to the tree, by mode (continue extends an answer in place)."""
+
+
+class TurnRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a client asks of a new turn (the body of ``POST …/turns``)."""
+
+    content: str | None = None
+    """The user's message (``message`` and ``edit``)."""
+    mode: TurnMode = "message"
+    parent_id: UUID | None = None
+    """``message``: the answer to reply to (default: the current leaf)."""
+    message_id: UUID | None = None
+    """``retry``, ``continue``: an answer; ``edit``: a user message."""
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    """The same id on the same conversation is the same turn (idempotent retries)."""
+    model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    """Another configured model for this turn than the conversation's."""
 
 
 @dataclass(frozen=True)

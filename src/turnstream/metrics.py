@@ -9,26 +9,39 @@ workers and the relay may run in other processes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
-from uuid import UUID
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from turnstream.domain.turn import TurnEvent, TurnUsage
-from turnstream.projections.runner import ProjectionStatus
+from turnstream.domain.progress import DeltaDraft, Draft, FailDraft, FinishDraft
+from turnstream.domain.turn import TurnUsage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-Submit = Callable[..., None]
-"""``GroupWriter.submit(turn_id, cls, **fields)``: how a runner hands an event on."""
+Submit = Callable[[Draft], None]
+"""``GroupWriter.submit(draft)``: how a runner hands a fact on."""
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _TURN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ProjectionFigures(Protocol):
+    """What the store says of one projection (``projections.runner.ProjectionStatus``)."""
+
+    name: str
+    generation: int
+    position: int
+    head: int
+
+    @property
+    def lag(self) -> int:
+        """Log positions between the head and the view."""
+        raise NotImplementedError
 
 
 class Metrics:
@@ -143,7 +156,7 @@ class Metrics:
         return TurnMeter(self, model, submit)
 
     def render(
-        self, projections: list[ProjectionStatus], relayed: int, repaired: Mapping[str, int]
+        self, projections: Sequence[ProjectionFigures], relayed: int, repaired: Mapping[str, int]
     ) -> bytes:
         """The exposition, with the store's positions as just read (``relayed``: the
         relay's checkpoint, read before the projections, so never past their head;
@@ -176,17 +189,18 @@ class TurnMeter:
         self._first: float | None = None
         metrics.active_turns.inc()
 
-    def __call__(self, turn_id: UUID, cls: type[TurnEvent], **fields: Any) -> None:
-        self._submit(turn_id, cls, **fields)
-        if cls.SSE_NAME in ("token", "reasoning"):
+    def __call__(self, draft: Draft) -> None:
+        self._submit(draft)
+        if isinstance(draft, DeltaDraft):
             if self._first is None:
                 self._first = time.monotonic()
                 self._metrics.time_to_first_token.labels(self._model).observe(
                     self._first - self._started
                 )
-        elif cls.TERMINAL:
-            status = fields["status"] if cls.SSE_NAME == "final" else "failed"
-            self._ended(status, fields.get("usage"))
+        elif isinstance(draft, FinishDraft):
+            self._ended(draft.status, draft.usage)
+        elif isinstance(draft, FailDraft):
+            self._ended("failed", draft.usage)
 
     def _ended(self, status: str, usage: TurnUsage | None) -> None:
         m, model, now = self._metrics, self._model, time.monotonic()

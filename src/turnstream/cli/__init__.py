@@ -1,15 +1,15 @@
-"""``turnstream``: serve, relay, tail, token."""
+"""``turnstream``: serve, relay, token, tail, projections, schema."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from pathlib import Path
 
-from turnstream.durations import duration_s
-from turnstream.settings import Settings, SettingsError
+from turnstream.cli.common import settings_of, start_logging
+from turnstream.cli.serve import cmd_relay, cmd_serve
+from turnstream.domain.durations import duration_s
+from turnstream.settings import SettingsError
 
 
 def parse_ttl(text: str) -> int:
@@ -20,137 +20,11 @@ def parse_ttl(text: str) -> int:
     return seconds
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        data_dir=getattr(args, "data_dir", None),
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-    )
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from turnstream.auth import mint
-    from turnstream.bootstrap import bootstrap
-    from turnstream.http.app import create_app
-
-    settings = _settings(args)
-    _logging(settings)
-    container = bootstrap(settings)
-    try:
-        app = create_app(container.service, container.jwt_secret, settings.max_body_bytes)
-        base = f"http://{settings.host}:{settings.port}"
-        print(f"turnstream on {base}  (API {base}/v1, docs {base}/schema)", flush=True)
-        if not settings.database_url:
-            print(f"embedded PostgreSQL, data in {settings.data_dir}", flush=True)
-        if not settings.nats_url:
-            print(f"embedded NATS at {container.nats_url}, data in {settings.data_dir}", flush=True)
-        if container.dev_secret:
-            token = mint(container.jwt_secret, tenant="dev", user="dev", ttl_s=30 * 86400)
-            print("no TURNSTREAM_JWT_SECRET set: a dev secret lives in the data folder.")
-            print(f"dev token (tenant dev, user dev, 30 days):\n  {token}", flush=True)
-            print(
-                "try:\n"
-                f"  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer $TOKEN'"
-                " -H 'Content-Type: application/json' -d '{}'",
-                flush=True,
-            )
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            lifespan="on",
-            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-        )
-        # uvicorn re-raises the signal that stopped it once it has shut down; with a
-        # Python handler in place that ends here, and the finally below still runs
-        # (stopping an embedded PostgreSQL), and the exit status is 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _stopped)
-        uvicorn.Server(config).run()
-    finally:
-        container.close()
-    return 0
-
-
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def cmd_relay(args: argparse.Namespace) -> int:
-    """Run the relay alone: it leads, or stands by until the active relay dies.
-
-    SIGTERM or SIGINT: publish what is stored, then exit (a second signal, or 5 s,
-    cuts that short). Under ``serve`` (``--supervised``) the end of its standard input
-    says the same: serve closes it to stop the relay, and it closes by itself when serve
-    dies, kill -9 included; unlike a signal, it cannot arrive too early to be seen.
-    """
-    import asyncio
-    import os
-    import threading
-
-    from turnstream.bootstrap import bootstrap_relay
-
-    settings = _settings(args)
-    _logging(settings)
-    if args.supervised and settings.relay_nice:
-        os.nice(settings.relay_nice)
-    relay, embedded = bootstrap_relay(settings)
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def stop() -> None:
-            if relay.draining:
-                task.cancel()
-                return
-            relay.drain()
-            loop.call_later(5.0, task.cancel)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
-
-        def read_to_end() -> None:
-            sys.stdin.buffer.read()
-            loop.call_soon_threadsafe(stop)
-
-        if args.supervised:
-            threading.Thread(target=read_to_end, name="parent-watch", daemon=True).start()
-        relay.link.start()
-        try:
-            await relay.run_forever()
-        finally:
-            await relay.link.close()
-
-    if not args.supervised:
-        print(f"turnstream relay: store -> NATS stream {settings.nats_stream}", flush=True)
-    try:
-        asyncio.run(run())
-    except asyncio.CancelledError:
-        pass
-    finally:
-        relay.app.close()
-        for server in reversed(embedded):
-            server.stop()
-    return 0
-
-
-def _stopped(signum: int, frame: object) -> None:
-    """The signal uvicorn re-raises after its graceful shutdown: nothing left to do."""
-
-
 def cmd_token(args: argparse.Namespace) -> int:
-    from turnstream.auth import mint, resolve_secret
+    from turnstream.http.auth import mint, resolve_secret
 
-    settings = _settings(args)
-    secret, _ = resolve_secret(settings.jwt_secret, settings.data_dir)
+    settings = settings_of(args)
+    secret, _ = resolve_secret(settings.server.jwt_secret, settings.server.data_dir)
     print(
         mint(
             secret,
@@ -168,7 +42,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     """Print the relayed events as JSON lines (see :mod:`turnstream.bus.tail`)."""
     from turnstream.bus.tail import StartAt, run
 
-    settings = _settings(args)
+    settings = settings_of(args)
     start = StartAt(seq=args.from_seq, time=args.since, position=args.position)
     return run(settings, subject=args.subject, start=start, follow=args.follow)
 
@@ -200,11 +74,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
-    """Operate the projections (see :mod:`turnstream.projections.cli`)."""
-    from turnstream.projections.cli import main as projections_main
+    """Operate the projections (see :mod:`turnstream.cli.projections`)."""
+    from turnstream.cli.projections import main as projections_main
 
-    settings = _settings(args)
-    _logging(settings)
+    settings = settings_of(args)
+    start_logging(settings)
     return projections_main(
         settings, args.action, args.name, as_json=args.json, supervised=args.supervised
     )

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from turnstream.errors import ServiceUnavailable
+from turnstream.domain.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

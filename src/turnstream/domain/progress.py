@@ -1,0 +1,194 @@
+"""A running turn: the drafts of its facts, and the progress that makes them.
+
+While a turn runs, its runner asks :class:`TurnProgress` for each fact: a piece of text
+or reasoning, the title, the end. Progress checks the invariants (nothing after the
+end, one title) and returns a :class:`Draft`; the group writer, which commits the
+drafts of many turns at once, gives each its version and makes its event with
+:meth:`Draft.event`: the one place a running turn's events are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Literal
+from uuid import UUID
+
+from turnstream.domain.errors import TurnEnded
+from turnstream.domain.events import utcnow
+from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Draft:
+    """A fact of a running turn, not yet numbered. :meth:`event` makes the event."""
+
+    TERMINAL: ClassVar[bool] = False
+
+    turn_id: UUID
+    at: datetime = field(default_factory=utcnow)
+
+    def event(self, version: int) -> TurnEvent:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeltaDraft(Draft):
+    """A piece of text. Consecutive deltas of one kind of one turn make one event."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextDraft(DeltaDraft):
+    def event(self, version: int) -> Turn.TokensAppended:
+        return Turn.TokensAppended(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            text=self.text,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasoningDraft(DeltaDraft):
+    def event(self, version: int) -> Turn.ReasoningAppended:
+        return Turn.ReasoningAppended(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            text=self.text,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TitleDraft(Draft):
+    title: str
+
+    def event(self, version: int) -> Turn.Titled:
+        return Turn.Titled(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            title=self.title,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinishDraft(Draft):
+    TERMINAL: ClassVar[bool] = True
+
+    status: Literal["completed", "interrupted"]
+    text: str
+    reasoning: str
+    finish_reason: str | None
+    usage: TurnUsage
+
+    def event(self, version: int) -> Turn.Finished:
+        return Turn.Finished(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            status=self.status, text=self.text, reasoning=self.reasoning,
+            finish_reason=self.finish_reason, usage=self.usage,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailDraft(Draft):
+    TERMINAL: ClassVar[bool] = True
+
+    code: str
+    message: str
+    text: str
+    reasoning: str
+    usage: TurnUsage | None
+
+    def event(self, version: int) -> Turn.Failed:
+        return Turn.Failed(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            code=self.code, message=self.message, text=self.text, reasoning=self.reasoning,
+            usage=self.usage,
+        )  # fmt: skip
+
+
+def merge_deltas(first: DeltaDraft, more: list[str]) -> DeltaDraft:
+    """``first`` with the texts of the deltas that followed it appended (its time kept)."""
+    return type(first)(turn_id=first.turn_id, at=first.at, text=first.text + "".join(more))
+
+
+class TurnProgress:
+    """A running turn as its runner sees it: what it streamed, and whether it ended.
+
+    Each command checks that the turn is still running, records what it adds, and
+    returns the draft to hand to the writer. Nothing follows the end; a title comes once.
+    """
+
+    def __init__(self, started: Turn.Started) -> None:
+        self.turn_id = started.originator_id
+        self.prefix = started.prefix
+        self.reasoning_prefix = started.reasoning_prefix
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self.titled = False
+        self.ended = False
+
+    @property
+    def generated_text(self) -> str:
+        """The text this run produced (without a continued answer's prefix)."""
+        return "".join(self._text)
+
+    @property
+    def generated_reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def append_text(self, text: str) -> TextDraft | None:
+        self._check_running()
+        if not text:
+            return None
+        self._text.append(text)
+        return TextDraft(turn_id=self.turn_id, text=text)
+
+    def append_reasoning(self, text: str) -> ReasoningDraft | None:
+        self._check_running()
+        if not text:
+            return None
+        self._reasoning.append(text)
+        return ReasoningDraft(turn_id=self.turn_id, text=text)
+
+    def title(self, title: str) -> TitleDraft | None:
+        """The conversation's title, in its first turn (once; later ones are None)."""
+        self._check_running()
+        if self.titled:
+            return None
+        self.titled = True
+        return TitleDraft(turn_id=self.turn_id, title=title)
+
+    def finish(self, *, finish_reason: str, usage: TurnUsage) -> FinishDraft:
+        return self._end_with("completed", finish_reason, usage)
+
+    def interrupt(self, *, reason: str, usage: TurnUsage) -> FinishDraft:
+        """Stopped before the model finished (cancelled, shut down, lost): text kept."""
+        return self._end_with("interrupted", reason, usage)
+
+    def fail(self, *, code: str, message: str, usage: TurnUsage | None) -> FailDraft:
+        self._check_running()
+        self.ended = True
+        return FailDraft(
+            turn_id=self.turn_id,
+            code=code,
+            message=message,
+            text=self.prefix + self.generated_text,
+            reasoning=self.reasoning_prefix + self.generated_reasoning,
+            usage=usage,
+        )
+
+    def _end_with(
+        self, status: Literal["completed", "interrupted"], reason: str, usage: TurnUsage
+    ) -> FinishDraft:
+        self._check_running()
+        self.ended = True
+        return FinishDraft(
+            turn_id=self.turn_id,
+            status=status,
+            text=self.prefix + self.generated_text,
+            reasoning=self.reasoning_prefix + self.generated_reasoning,
+            finish_reason=reason,
+            usage=usage,
+        )
+
+    def _check_running(self) -> None:
+        if self.ended:
+            raise TurnEnded(self.turn_id)

@@ -1,0 +1,181 @@
+"""Starting a turn: every check, then ``turn.started`` recorded, then its runner.
+
+Every check runs before anything is stored or streamed: the conversation is the
+caller's, the model is served, the message and the conversation fit their limits, the
+mode fits the tree, the input fits the model; then the start is recorded under the
+limits and quotas (one statement in the store), and the runner launched. A
+``request_id`` makes the start idempotent: the same id on the same conversation is the
+same turn, whichever node recorded it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+
+from turnstream.bus.local import LocalBus
+from turnstream.domain.callers import Caller
+from turnstream.domain.errors import (
+    ConversationFull,
+    InputTooLong,
+    LoginRequired,
+    ModelUnavailable,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TurnInProgress,
+    UnknownModel,
+)
+from turnstream.domain.modes import NEW_MESSAGES, TurnPlan, TurnRequest, plan_turn
+from turnstream.domain.progress import TurnProgress
+from turnstream.domain.turn import Turn
+from turnstream.ids import stable_id, uuid7
+from turnstream.providers.base import ChatMessage, estimate_tokens
+from turnstream.settings import GuestSettings, LimitSettings, ModelConfig
+from turnstream.store.admission import Admission, Admitted
+from turnstream.store.application import TurnstreamApplication
+from turnstream.store.gateway import StoreGateway
+from turnstream.store.writer import GroupWriter
+from turnstream.usecases.conversations import ReadModel
+from turnstream.usecases.limits import Limits
+from turnstream.usecases.registry import RunningTurn
+from turnstream.usecases.runner import TurnRunner
+
+
+def model_input(system_prompt: str | None, plan: TurnPlan) -> list[ChatMessage]:
+    """What the model sees: the system prompt, the path to the new answer, the new
+    user message, and for ``continue`` the answer so far."""
+    path = [ChatMessage("system", system_prompt)] if system_prompt else []
+    path += [ChatMessage(m["role"], m["content"]) for m in plan.history if m["content"]]
+    if plan.content is not None:
+        path.append(ChatMessage("user", plan.content))
+    if plan.prefix:
+        path.append(ChatMessage("assistant", plan.prefix))
+    return path
+
+
+class TurnStarter:
+    def __init__(
+        self,
+        *,
+        app: TurnstreamApplication,
+        gateway: StoreGateway,
+        reads: ReadModel,
+        models: Mapping[str, ModelConfig],
+        limits: Limits,
+        limit_settings: LimitSettings,
+        guests: GuestSettings,
+        node_id: UUID,
+        bus: LocalBus,
+        writer: GroupWriter,
+        runner: TurnRunner,
+    ) -> None:
+        self.app = app
+        self.run = gateway.run
+        self.reads = reads
+        self.models = models
+        self.limits = limits
+        self.message_chars = limit_settings.message_chars
+        self.conversation_messages = limit_settings.conversation_messages
+        self.guests = guests
+        self.node_id = node_id
+        self.bus = bus
+        self.writer = writer
+        self.runner = runner
+
+    async def start(
+        self, caller: Caller, conversation_id: UUID, request: TurnRequest, *, client: str
+    ) -> UUID:
+        """Start a turn (or find the one its ``request_id`` started); its id.
+
+        ``client``: the client's address, for the per-address rate limit.
+        """
+        conversation = await self.reads.tree_row(caller, conversation_id)
+        turn_id = stable_id(conversation_id, request.request_id) if request.request_id else uuid7()
+        if request.request_id and await self._is_turn_of(turn_id, conversation_id):
+            return turn_id
+        limit = self.message_chars
+        if limit and request.content is not None and len(request.content) > limit:
+            raise PayloadTooLarge(f"A message has at most {limit} characters.", max_chars=limit)
+        if caller.guest and not self.guests.messages:
+            raise LoginRequired("Guests cannot send messages here; sign in.", retry_after=3600)
+        model = self._model(request.model, conversation["model"])
+        messages = {m["id"]: m for m in await self.run(self.reads.reader.messages, conversation_id)}
+        limit = self.conversation_messages
+        if limit and len(messages) + NEW_MESSAGES[request.mode] > limit:
+            raise ConversationFull(
+                f"A conversation holds at most {limit} messages; start a new one.",
+                max_messages=limit,
+            )
+        plan = plan_turn(request, messages, conversation["current_leaf_id"])
+        path = model_input(conversation["system_prompt"], plan)
+        estimate = sum(estimate_tokens(m.content) + 4 for m in path)
+        if model.max_input_tokens is not None and estimate > model.max_input_tokens:
+            raise InputTooLong(
+                f"This turn's input is about {estimate} tokens; {model.id!r} takes at most"
+                f" {model.max_input_tokens}. Start a new conversation or branch higher up.",
+                estimated_tokens=estimate,
+                max_input_tokens=model.max_input_tokens,
+            )
+        started = Turn.start(
+            turn_id,
+            conversation_id=conversation_id,
+            tenant=caller.tenant,
+            user_id=caller.user_id,
+            node_id=self.node_id,
+            mode=request.mode,
+            user_message_id=uuid7() if plan.content is not None else None,
+            assistant_message_id=plan.assistant_message_id or uuid7(),
+            parent_id=plan.parent_id,
+            model=model.id,
+            request_id=request.request_id,
+            content=plan.content or "",
+            prefix=plan.prefix,
+            reasoning_prefix=plan.reasoning_prefix,
+        )
+        worth = estimate + self.limits.output_worth(model, estimate)
+        admission = self.limits.admission(caller, started, worth, client)
+        try:
+            admitted = await self.run(self._record, started, admission)
+        except IntegrityError:
+            running = await self.run(self.app.store.running_turn, conversation_id)
+            if request.request_id and await self._is_turn_of(turn_id, conversation_id):
+                return turn_id
+            if running is not None:
+                raise TurnInProgress(running) from None
+            raise ServiceUnavailable("The turn could not be started; try again.") from None
+        if admitted.position is None:
+            if request.request_id and await self._is_turn_of(turn_id, conversation_id):
+                return turn_id  # the same request, started by a concurrent POST
+            raise await self.limits.refusal(admission, admitted)
+        self.bus.open(turn_id)
+        self.writer.open_turn(turn_id, 1)
+        self.runner.launch(
+            RunningTurn(
+                started=started,
+                model=model,
+                messages=path,
+                first_turn=not messages,
+                title=conversation["title"],
+                progress=TurnProgress(started),
+            )
+        )
+        return turn_id
+
+    def _model(self, requested: str | None, conversations: str) -> ModelConfig:
+        model_id = requested or conversations
+        model = self.models.get(model_id)
+        if model is None:
+            if requested is not None:
+                raise UnknownModel(model_id)
+            raise ModelUnavailable(f"The conversation's model {model_id!r} is no longer served.")
+        return model
+
+    async def _is_turn_of(self, turn_id: UUID, conversation_id: UUID) -> bool:
+        row = await self.run(self.app.store.turn_row, turn_id)
+        return row is not None and row.conversation_id == conversation_id
+
+    def _record(self, started: Turn.Started, admission: Admission) -> Admitted:
+        with self.app.store.datastore.get_connection() as conn:
+            return self.app.start_turn(conn, started, admission)

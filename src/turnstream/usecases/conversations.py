@@ -1,0 +1,175 @@
+"""Conversations: create, read (the views), list, rename, delete, claim; and reads that
+see the caller's own writes.
+
+Every conversation belongs to one tenant and one user (``Caller.may``): anything of
+anyone else answers ``ConversationNotFound``, exactly as a missing id does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from turnstream.domain.callers import Caller
+from turnstream.domain.conversation import Conversation
+from turnstream.domain.errors import (
+    ConversationNotFound,
+    Invalid,
+    ServiceUnavailable,
+    TurnNotFound,
+    UnknownModel,
+)
+from turnstream.ids import uuid7
+from turnstream.projections.reader import Positions, Reader
+from turnstream.projections.views import (
+    ActiveTurn,
+    ConversationPage,
+    ConversationSummary,
+    ConversationView,
+    conversation_page,
+    conversation_view,
+    decode_cursor,
+    summary,
+)
+from turnstream.settings import ModelConfig, default_model_id
+from turnstream.store.application import TurnstreamApplication
+from turnstream.store.gateway import StoreGateway
+from turnstream.store.turnindex import TurnIndexRow
+
+
+class ReadModel:
+    """The projections' views, read so that a caller sees its own writes."""
+
+    def __init__(
+        self, *, gateway: StoreGateway, reader: Reader, positions: Positions, wait_s: float
+    ) -> None:
+        self.gateway = gateway
+        self.reader = reader
+        self.positions = positions
+        self.wait_s = wait_s
+
+    async def caught_up(self, name: str) -> None:
+        """Wait until projection ``name`` holds every event committed before this call.
+
+        Read your writes: a client that saw a turn's terminal frame, or got 2xx for a
+        rename, then reads, sees it. Waits on the position the worker announces.
+        """
+        _, pending = await self.gateway.run(self.reader.pending, name)
+        if pending is None:
+            return
+        if not await self.positions.wait(name, pending, self.wait_s):
+            raise ServiceUnavailable("The read model is catching up; try again shortly.")
+
+    async def tree_row(
+        self, caller: Caller, conversation_id: UUID, *, read: bool = False
+    ) -> dict[str, Any]:
+        """The caller's conversation row of the message tree (404 for anyone else's)."""
+        await self.caught_up("tree")
+        row = await self.gateway.run(self.reader.conversation, conversation_id)
+        if row is None or not caller.may(row["tenant"], row["owner"], read=read):
+            raise ConversationNotFound(conversation_id)
+        return row
+
+
+class Conversations:
+    def __init__(
+        self,
+        *,
+        app: TurnstreamApplication,
+        gateway: StoreGateway,
+        reads: ReadModel,
+        models: Mapping[str, ModelConfig],
+    ) -> None:
+        self.app = app
+        self.run = gateway.run
+        self.reads = reads
+        self.models = models
+
+    async def create(
+        self, caller: Caller, *, model: str | None, title: str | None, system_prompt: str | None
+    ) -> ConversationSummary:
+        model_id = model or default_model_id(self.models)
+        if model_id not in self.models:
+            raise UnknownModel(model_id)
+        created = Conversation.create(
+            uuid7(),
+            tenant=caller.tenant,
+            owner=caller.user_id,
+            model=model_id,
+            title=title,
+            system_prompt=system_prompt,
+        )
+        await self.run(self.app.record, created)
+        conversation = Conversation.fold([created])
+        assert conversation is not None
+        return summary(conversation)
+
+    async def get(
+        self, caller: Caller, conversation_id: UUID, *, read: bool = False
+    ) -> Conversation:
+        """The caller's conversation; anything else is 'not found', never 'forbidden'.
+
+        ``read``: an admin may also read the conversations of their own tenant.
+        """
+        conversation = await self.run(self.app.conversation, conversation_id)
+        if not caller.may(conversation.tenant, conversation.owner, read=read):
+            raise ConversationNotFound(conversation_id)
+        return conversation
+
+    async def view(self, caller: Caller, conversation_id: UUID) -> ConversationView:
+        row = await self.reads.tree_row(caller, conversation_id, read=True)
+        messages = await self.run(self.reads.reader.messages, conversation_id)
+        active: ActiveTurn | None = None
+        if row["active_turn_id"] is not None:
+            turn_id = row["active_turn_id"]
+            last_seq = await self.run(self.app.store.last_version, turn_id)
+            active = ActiveTurn(turn_id=turn_id, last_seq=last_seq)
+        return conversation_view(row, messages, active)
+
+    async def page(self, caller: Caller, limit: int, cursor: str | None) -> ConversationPage:
+        after = decode_cursor(cursor) if cursor else None
+        await self.reads.caught_up("conversations")
+        rows = await self.run(
+            self.reads.reader.conversations, caller.tenant, caller.user_id, limit + 1, after
+        )
+        return conversation_page(rows, limit)
+
+    async def rename(self, caller: Caller, conversation_id: UUID, title: str) -> None:
+        conversation = await self.get(caller, conversation_id)
+        await self.run(self.app.record, conversation.rename(title))
+
+    async def delete(self, caller: Caller, conversation_id: UUID) -> None:
+        conversation = await self.get(caller, conversation_id)
+        await self.run(self.app.record, conversation.delete())
+
+    async def claim(self, caller: Caller, guest: Caller, conversation_id: UUID) -> None:
+        """Move ``guest``'s conversation to the signed-in ``caller`` (same tenant)."""
+        if caller.guest:
+            raise Invalid("Sign in first: a guest cannot claim conversations.")
+        if not guest.guest:
+            raise Invalid("X-Guest-Token must be a guest token (from POST /v1/guest).")
+        conversation = await self.run(self.app.conversation, conversation_id)
+        if conversation.deleted or conversation.tenant != caller.tenant:
+            raise ConversationNotFound(conversation_id)
+        if conversation.owner == caller.user_id:
+            return  # claimed already: the same answer again
+        if guest.tenant != caller.tenant or conversation.owner != guest.user_id:
+            raise ConversationNotFound(conversation_id)
+        await self.run(self.app.record, conversation.claim(caller.user_id))
+
+    # A conversation's turns.
+
+    async def turn(
+        self, caller: Caller, conversation_id: UUID, turn_id: UUID, *, read: bool = False
+    ) -> TurnIndexRow:
+        """The turn's index row, if it is in the caller's conversation; else 404."""
+        await self.get(caller, conversation_id, read=read)
+        row = await self.run(self.app.store.turn_row, turn_id)
+        if row is None or row.conversation_id != conversation_id:
+            raise TurnNotFound(turn_id)
+        return row
+
+    async def active_turn(self, caller: Caller, conversation_id: UUID) -> UUID | None:
+        await self.get(caller, conversation_id, read=True)
+        return await self.run(self.app.store.running_turn, conversation_id)

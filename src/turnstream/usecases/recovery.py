@@ -1,0 +1,62 @@
+"""Recovery: no turn stays "running" after its runner died.
+
+Every few seconds (``runner_check_interval_s``) each node checks its own lease and looks
+for running turns of nodes whose lease is free: their process died. Each such turn is
+ended with ``runner_lost`` and the text it streamed (``Turn.lose_runner``). A runner
+that turns out to be alive is fenced by the store: its next write conflicts with that
+end, and it drops the turn. The same round forgets rate-limit cells of the past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from turnstream.domain.errors import ServiceUnavailable
+from turnstream.domain.turn import Turn, TurnEvent
+from turnstream.store.gateway import StoreGateway
+from turnstream.store.lease import NodeLease, OrphanSweeper
+from turnstream.store.recorder import STORE_OUTAGE
+from turnstream.usecases.limits import Limits
+
+log = logging.getLogger(__name__)
+
+
+def _lose_runner(turn: Turn) -> TurnEvent:
+    return turn.lose_runner()
+
+
+class Recovery:
+    def __init__(
+        self,
+        *,
+        gateway: StoreGateway,
+        lease: NodeLease,
+        sweeper: OrphanSweeper,
+        limits: Limits,
+        every_s: float,
+    ) -> None:
+        self.gateway = gateway
+        self.lease = lease
+        self.sweeper = sweeper
+        self.limits = limits
+        self.every_s = every_s
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except (ServiceUnavailable, OSError, *STORE_OUTAGE) as exc:  # type: ignore[misc]
+                if not self.gateway.guard.down:  # else the guard has said so, and watches
+                    log.warning("orphan check failed: %s", exc)
+            await asyncio.sleep(self.every_s)
+
+    async def check(self) -> int:
+        """One round: the lease kept, orphaned turns ended (how many), old cells gone."""
+        run = self.gateway.run
+        await run(self.lease.keep)
+        written = await run(self.sweeper.sweep, _lose_runner)
+        for event in written:
+            log.warning("turn %s: its runner's node is gone; ended", event.originator_id)
+        await run(self.limits.forget_past)
+        return len(written)
