@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.test_turn_stream import new_conversation, resume, stored_events
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_turn_stream import new_conversation, resume, stored_events
 from tests.support.server import Frame, Server, parse_sse
+from turnstream.http.sse import sse_data, sse_name
 
 pytestmark = pytest.mark.e2e
 
@@ -173,7 +174,7 @@ def test_a_turn_run_on_one_node_is_followed_live_on_another_through_nats(
     # And the store holds exactly those events.
     stored = stored_events(database_url, db_schema, tid)
     assert [
-        (e.SSE_NAME, {"seq": e.originator_version, "turn_id": tid, **e.sse_data()}) for e in stored
+        (sse_name(e), {"seq": e.originator_version, "turn_id": tid, **sse_data(e)}) for e in stored
     ] == as_pairs(frames)
 
     # Live, not polled: B got its first token before A got its terminal frame, and before
@@ -327,7 +328,7 @@ def test_a_reader_on_another_node_sees_runner_lost_when_the_runner_node_dies(
     assert as_pairs(frames[: len(seen_on_a)]) == as_pairs(seen_on_a)
     stored = stored_events(database_url, db_schema, tid)
     assert [
-        (e.SSE_NAME, {"seq": e.originator_version, "turn_id": tid, **e.sse_data()}) for e in stored
+        (sse_name(e), {"seq": e.originator_version, "turn_id": tid, **sse_data(e)}) for e in stored
     ] == as_pairs(frames)
 
 

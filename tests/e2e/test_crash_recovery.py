@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.api.test_turn_stream import new_conversation, resume, run_turn
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_turn_stream import new_conversation, resume, run_turn
 from tests.support.server import Frame, parse_sse
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ import nats
 import psutil
 import pytest
 
-from tests.e2e.test_turn_stream import new_conversation, resume, run_turn
+from tests.api.test_turn_stream import new_conversation, resume, run_turn
 from tests.support.server import Frame, Server, parse_sse
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +65,11 @@ def test_zero_config_serve_prints_a_dev_token_and_keeps_its_database(tmp_path: P
         "turnstream",
         data,
         secret=None,
-        env_extra={"TURNSTREAM_DEMO_TOKENS": "12", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"},
+        env_extra={
+            "TURNSTREAM_DEMO_TOKENS": "12",
+            "TURNSTREAM_DEMO_TOKENS_PER_S": "0",
+            "TURNSTREAM_LOG_LEVEL": "INFO",
+        },
     )
     try:
         node.start(timeout=120)
@@ -74,6 +78,15 @@ def test_zero_config_serve_prints_a_dev_token_and_keeps_its_database(tmp_path: P
         assert printed is not None, node.log()
         headers = {"Authorization": f"Bearer {printed.group(1)}"}
         assert httpx.get(f"{node.base_url}/v1/models", headers=headers).status_code == 200
+        # The printed hint pastes as it is: TOKEN is set, and expands in double quotes.
+        assert f"TOKEN={printed.group(1)}" in node.log()
+        assert '-H "Authorization: Bearer $TOKEN"' in node.log()
+        # One log format for every line (uvicorn's own too): time, level, logger.
+        logged = [line for line in node.log().splitlines() if " INFO " in line]
+        assert any("uvicorn" in line for line in logged), node.log()
+        assert all(
+            re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO \S+: ", line) for line in logged
+        )
         minted = subprocess.run(
             [
                 sys.executable,

@@ -14,11 +14,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.api.test_bad_input import assert_problem
+from tests.api.test_turn_rules import first_frame, post_turn
+from tests.api.test_turn_stream import new_conversation, resume
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_bad_input import assert_problem
 from tests.e2e.test_relay_process import wait_for
-from tests.e2e.test_turn_rules import first_frame, post_turn
-from tests.e2e.test_turn_stream import new_conversation, resume
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.fake_openai import fake_openai as fake_openai  # the fixture
 from tests.support.projections import (
@@ -63,7 +63,7 @@ def _answer(server: Server, cid: str, body: dict[str, Any], **who: str) -> list[
 
 
 def _post_as(server: Server, cid: str, body: dict[str, Any], tenant: str, user: str) -> list[Any]:
-    from tests.e2e.test_turn_stream import frames_of
+    from tests.api.test_turn_stream import frames_of
 
     with httpx.stream(
         "POST",

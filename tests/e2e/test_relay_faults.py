@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.api.test_relay import assert_exactly_the_store
+from tests.api.test_turn_stream import new_conversation, run_turn
 from tests.conftest import NatsTarget
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_relay import assert_exactly_the_store
-from tests.e2e.test_turn_stream import new_conversation, run_turn
 from tests.support.jetstream import read_stream, stored_events, wait_relayed
 from tests.support.relay import (
     RelayProcess,

@@ -7,10 +7,10 @@ import time
 import psutil
 import pytest
 
+from tests.api.test_relay import assert_exactly_the_store
+from tests.api.test_turn_stream import new_conversation, run_turn
 from tests.conftest import NatsTarget
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_relay import assert_exactly_the_store
-from tests.e2e.test_turn_stream import new_conversation, run_turn
 from tests.support.jetstream import wait_relayed
 
 pytestmark = pytest.mark.e2e

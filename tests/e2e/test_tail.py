@@ -22,8 +22,8 @@ import nats
 import pytest
 from jsonschema import Draft202012Validator
 
+from tests.api.test_turn_stream import new_conversation, run_turn
 from tests.conftest import NatsTarget
-from tests.e2e.test_turn_stream import new_conversation, run_turn
 from tests.support.jetstream import StreamMessage, read_stream, wait_relayed
 from tests.support.server import Server, free_port
 

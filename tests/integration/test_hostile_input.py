@@ -39,7 +39,7 @@ def event_count(api: Served) -> int:
     with psycopg.connect(api.container.database_url) as conn:
         row = conn.execute(
             sql.SQL("SELECT count(*) FROM {}.turnstream_events").format(
-                sql.Identifier(api.settings.database_schema)
+                sql.Identifier(api.settings.store.schema)
             )
         ).fetchone()
     assert row is not None

@@ -16,48 +16,28 @@ import pytest
 
 from tests.conftest import NatsTarget
 from tests.integration.test_relay import relay_on, settings_for, write
+from tests.support import events
 from tests.support.inprocess import in_process_settings, serving
 from tests.support.jetstream import stored_events, stream_messages
 from tests.support.shared_server import a_place
 from turnstream.bootstrap import build_application
 from turnstream.bus.envelope import tenant_of_token
-from turnstream.domain.application import TurnstreamApplication
-from turnstream.domain.conversation import Conversation
-from turnstream.domain.events import DomainEvent, utcnow
-from turnstream.domain.turn import Turn
-from turnstream.ids import uuid7
-from turnstream.projections import cli as projections_cli
+from turnstream.cli import projections as projections_cli
+from turnstream.domain.events import DomainEvent
 from turnstream.settings import Settings
+from turnstream.store.application import TurnstreamApplication
 
 BAD_TENANT = "acme\n"
 
 
 def a_conversation(tenant: str, text: str = "hello") -> list[DomainEvent]:
-    """A conversation with one finished turn, as the service would store it."""
-    now = utcnow()
-    cid, tid = uuid7(), uuid7()
-    return [
-        Conversation.Created(
-            originator_id=cid, originator_version=1, timestamp=now, tenant=tenant,
-            owner="alice", model="demo", title=f"about {text}",
-        ),
-        Turn.Started(
-            originator_id=tid, originator_version=1, timestamp=now, conversation_id=cid,
-            tenant=tenant, user_id="alice", node_id=cid, mode="message",
-            user_message_id=uuid7(), assistant_message_id=uuid7(), parent_id=None,
-            model="demo", content=text,
-        ),
-        Turn.TokensAppended(originator_id=tid, originator_version=2, timestamp=now, text=text),
-        Turn.Finished(
-            originator_id=tid, originator_version=3, timestamp=now, status="completed",
-            text=text,
-        ),
-    ]  # fmt: skip
+    """A conversation with one finished turn whose text and title hold ``text``."""
+    return events.a_conversation(tenant=tenant, content=text, tokens=[text], title=f"about {text}")
 
 
 @pytest.fixture
 def app(database_url: str, db_schema: str) -> Iterator[TurnstreamApplication]:
-    application = build_application(Settings(database_schema=db_schema), database_url)
+    application = build_application(Settings.from_env({}, database_schema=db_schema), database_url)
     yield application
     application.close()
 

@@ -14,21 +14,23 @@ from psycopg import sql
 
 from tests.support.projections import generations, view_rows
 from turnstream.bootstrap import build_application
-from turnstream.domain.application import APP_NAME, TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent
+from turnstream.domain.periods import period_starts
 from turnstream.domain.turn import Turn, TurnUsage
 from turnstream.ids import uuid7
-from turnstream.projections.runner import Batch, ensure_projections, rebuild
-from turnstream.projections.usage import UsageCounters, period_starts
+from turnstream.projections.rebuild import rebuild
+from turnstream.projections.runner import Batch, ensure_projections
+from turnstream.projections.usage import UsageCounters
 from turnstream.settings import Settings
+from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 MONDAY_NOON = datetime(2026, 11, 16, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def app(database_url: str, db_schema: str) -> Iterator[TurnstreamApplication]:
-    settings = Settings(database_url=database_url, database_schema=db_schema)
+    settings = Settings.from_env({}, database_url=database_url, database_schema=db_schema)
     application = build_application(settings, database_url)
     ensure_projections(application)
     yield application

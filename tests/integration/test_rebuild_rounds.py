@@ -25,19 +25,15 @@ from psycopg.rows import tuple_row
 from tests.conftest import DATABASE_URL_ENV, EMBEDDED_TEST_DATABASE
 from tests.support.projections import view_rows, wait_caught_up
 from turnstream.bootstrap import build_application
-from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent
 from turnstream.domain.turn import Turn, TurnUsage
 from turnstream.embedded import EmbeddedPostgres
 from turnstream.ids import uuid7
-from turnstream.projections.runner import (
-    PROJECTIONS,
-    ProjectionWorker,
-    ensure_projections,
-    rebuild,
-)
+from turnstream.projections.rebuild import rebuild
+from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, ensure_projections
 from turnstream.settings import Settings
+from turnstream.store.application import TurnstreamApplication
 
 ROUNDS = 4
 CONVERSATIONS = 1500
@@ -70,7 +66,7 @@ def server_url(
 @pytest.fixture
 def app(server_url: str) -> Iterator[TurnstreamApplication]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    application = build_application(Settings(database_schema=schema), server_url)
+    application = build_application(Settings.from_env({}, database_schema=schema), server_url)
     ensure_projections(application)
     yield application
     application.close()

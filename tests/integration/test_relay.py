@@ -14,50 +14,17 @@ from nats.js.errors import APIError
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from tests.api.test_relay import assert_exactly_the_store
 from tests.conftest import NatsTarget
-from tests.e2e.test_relay import assert_exactly_the_store
+from tests.support.events import a_conversation
 from tests.support.jetstream import stored_events, stream_messages
 from turnstream.bootstrap import build_application
 from turnstream.bus.envelope import EXPECTED_LAST_SEQ, POSITION
 from turnstream.bus.nats import NatsLink
 from turnstream.bus.relay import Relay
-from turnstream.domain.application import TurnstreamApplication
-from turnstream.domain.conversation import Conversation
-from turnstream.domain.events import DomainEvent, utcnow
-from turnstream.domain.turn import Turn
-from turnstream.ids import uuid7
+from turnstream.domain.events import DomainEvent
 from turnstream.settings import Settings
-
-
-def a_conversation(tokens: int = 3) -> list[DomainEvent]:
-    """A conversation and one finished turn, as the service would store them."""
-    now = utcnow()
-    cid, tid = uuid7(), uuid7()
-    events: list[DomainEvent] = [
-        Conversation.Created(
-            originator_id=cid, originator_version=1, timestamp=now, tenant="acme",
-            owner="alice", model="demo",
-        ),
-        Turn.Started(
-            originator_id=tid, originator_version=1, timestamp=now, conversation_id=cid,
-            tenant="acme", user_id="alice", node_id=cid, mode="message",
-            user_message_id=uuid7(), assistant_message_id=uuid7(), parent_id=None,
-            model="demo", content="hi",
-        ),
-    ]  # fmt: skip
-    for i in range(tokens):
-        events.append(
-            Turn.TokensAppended(
-                originator_id=tid, originator_version=i + 2, timestamp=now, text=f"t{i} "
-            )
-        )
-    events.append(
-        Turn.Finished(
-            originator_id=tid, originator_version=tokens + 2, timestamp=now,
-            status="completed", text="".join(f"t{i} " for i in range(tokens)),
-        )
-    )  # fmt: skip
-    return events
+from turnstream.store.application import TurnstreamApplication
 
 
 def write(app: TurnstreamApplication, events: list[DomainEvent]) -> int:
@@ -84,9 +51,9 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def relay_on(app: TurnstreamApplication, settings: Settings) -> AsyncIterator[Running]:
-    link = NatsLink(settings.nats_url or "", settings)
+    link = NatsLink(settings.nats.url or "", settings.nats)
     link.start()
-    relay = Relay(app, link)
+    relay = Relay(app, link, relay=settings.relay, nats=settings.nats)
     task = asyncio.create_task(relay.run_forever())
     try:
         yield Running(app, settings, relay, link, task)
@@ -98,7 +65,8 @@ async def relay_on(app: TurnstreamApplication, settings: Settings) -> AsyncItera
 
 
 def settings_for(nats_target: NatsTarget, database_url: str, schema: str) -> Settings:
-    return Settings(
+    return Settings.from_env(
+        {},
         database_url=database_url,
         database_schema=schema,
         nats_url=nats_target.url,
@@ -111,7 +79,7 @@ def settings_for(nats_target: NatsTarget, database_url: str, schema: str) -> Set
 
 @pytest.fixture
 def app(database_url: str, db_schema: str) -> Iterator[TurnstreamApplication]:
-    application = build_application(Settings(database_schema=db_schema), database_url)
+    application = build_application(Settings.from_env({}, database_schema=db_schema), database_url)
     yield application
     application.close()
 
@@ -175,7 +143,7 @@ async def test_a_stream_that_belongs_to_another_store_is_refused(
     count = len(await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix))
     # Another store (a reset database, say) with more events, on the same stream.
     other_schema = f"{db_schema}_other"
-    other = build_application(Settings(database_schema=other_schema), database_url)
+    other = build_application(Settings.from_env({}, database_schema=other_schema), database_url)
     try:
         write(other, [e for _ in range(3) for e in a_conversation()])
         other_settings = settings_for(nats_target, database_url, other_schema)

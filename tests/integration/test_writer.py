@@ -10,18 +10,19 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from turnstream.bootstrap import build_application
-from turnstream.domain.application import TurnstreamApplication
 from turnstream.domain.events import utcnow
-from turnstream.domain.turn import Turn, TurnEvent
-from turnstream.domain.writer import GroupWriter
+from turnstream.domain.progress import FinishDraft, ReasoningDraft, TextDraft
+from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
 from turnstream.ids import uuid7
-from turnstream.service import _runner_lost, node_lock_key
 from turnstream.settings import Settings
+from turnstream.store.application import TurnstreamApplication
+from turnstream.store.lease import node_lock_key
+from turnstream.store.writer import GroupWriter
 
 
 @pytest.fixture
 def app(database_url: str, db_schema: str) -> Iterator[TurnstreamApplication]:
-    settings = Settings(database_url=database_url, database_schema=db_schema)
+    settings = Settings.from_env({}, database_url=database_url, database_schema=db_schema)
     application = build_application(settings, database_url)
     yield application
     application.close()
@@ -80,10 +81,10 @@ def test_consecutive_tokens_of_a_turn_in_one_batch_become_one_event(
     writer.open_turn(b, 1)
     # Queue before the thread starts, so all of it lands in one batch.
     for text in ("Hel", "lo", " wor", "ld"):
-        writer.submit(a, Turn.TokensAppended, text=text)
-        writer.submit(b, Turn.TokensAppended, text=text.upper())
-    writer.submit(a, Turn.ReasoningAppended, text="hm")
-    writer.submit(a, Turn.TokensAppended, text="!")
+        writer.submit(TextDraft(turn_id=a, text=text))
+        writer.submit(TextDraft(turn_id=b, text=text.upper()))
+    writer.submit(ReasoningDraft(turn_id=a, text="hm"))
+    writer.submit(TextDraft(turn_id=a, text="!"))
     writer.start()
     out.wait(lambda: len(out.events) == 4)
     writer.stop()
@@ -114,9 +115,18 @@ def test_a_terminal_event_closes_the_turn_and_nothing_is_written_after_it(
     writer = GroupWriter(app, out.committed, out.on_lost)
     writer.open_turn(turn, 1)
     writer.start()
-    writer.submit(turn, Turn.TokensAppended, text="done")
-    writer.submit(turn, Turn.Finished, status="completed", text="done")
-    writer.submit(turn, Turn.TokensAppended, text="late")
+    writer.submit(TextDraft(turn_id=turn, text="done"))
+    writer.submit(
+        FinishDraft(
+            turn_id=turn,
+            status="completed",
+            text="done",
+            reasoning="",
+            finish_reason="stop",
+            usage=TurnUsage(),
+        )
+    )
+    writer.submit(TextDraft(turn_id=turn, text="late"))
     out.wait(lambda: any(e.TERMINAL for e in out.events))
     writer.stop()
     assert [e.originator_version for e in app.turn_events(turn)] == [1, 2, 3]
@@ -134,15 +144,15 @@ def test_a_dead_nodes_turns_end_with_runner_lost_and_a_live_nodes_are_spared(
     writer = GroupWriter(app, out.committed, out.on_lost)
     writer.open_turn(orphan, 1)
     writer.start()
-    writer.submit(orphan, Turn.TokensAppended, text="streamed so far")
+    writer.submit(TextDraft(turn_id=orphan, text="streamed so far"))
     out.wait(lambda: len(out.events) == 1)
 
     lease = app.connect()
     lease.execute("SELECT pg_advisory_lock(%s)", (node_lock_key(alive),))
     janitor = app.connect()
     try:
-        assert app.end_orphans(janitor, alive, node_lock_key(alive), _runner_lost) == []
-        written = app.end_orphans(janitor, dead, node_lock_key(dead), _runner_lost)
+        assert app.end_orphans(janitor, alive, node_lock_key(alive), Turn.lose_runner) == []
+        written = app.end_orphans(janitor, dead, node_lock_key(dead), Turn.lose_runner)
     finally:
         lease.close()
         janitor.close()
@@ -158,9 +168,9 @@ def test_a_dead_nodes_turns_end_with_runner_lost_and_a_live_nodes_are_spared(
 
     # The "dead" runner turns out to be alive: its next write conflicts, and the
     # writer drops the turn instead of writing after the terminal event.
-    writer.submit(orphan, Turn.TokensAppended, text=" and more")
+    writer.submit(TextDraft(turn_id=orphan, text=" and more"))
     out.wait(lambda: out.lost == [orphan])
-    writer.submit(orphan, Turn.TokensAppended, text=" ignored")
+    writer.submit(TextDraft(turn_id=orphan, text=" ignored"))
     writer.stop()
     assert [type(e).__name__ for e in app.turn_events(orphan)] == [
         "Started",

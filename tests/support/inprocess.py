@@ -1,7 +1,7 @@
 """The whole service in the test's own process: uvicorn on a thread, real HTTP on loopback.
 
 Built by the same composition root as ``turnstream serve`` (``bootstrap`` and
-``create_app``), with the relay and the projection workers in-process (no child
+``http_app``), with the relay and the projection workers in-process (no child
 processes), against the test's PostgreSQL schema and NATS stream. Requests cross a
 real socket and uvicorn's real HTTP parser, so headers arrive as a client sends them.
 """
@@ -15,7 +15,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,11 +24,10 @@ import nats
 import uvicorn
 
 from tests.conftest import NatsTarget
-from turnstream.auth import mint
-from turnstream.bootstrap import Container, bootstrap
+from turnstream.bootstrap import Container, bootstrap, http_app
 from turnstream.bus.envelope import POSITION
-from turnstream.http.app import create_app
-from turnstream.projections.runner import status as projection_status
+from turnstream.http.auth import mint
+from turnstream.projections.status import status as projection_status
 from turnstream.settings import Settings
 
 
@@ -53,7 +53,7 @@ class Served:
         while True:
             statuses = projection_status(self.container.app)
             head = statuses[0].head
-            relayed = asyncio.run(last_relayed(self.container.nats_url, self.settings.nats_stream))
+            relayed = asyncio.run(last_relayed(self.container.nats_url, self.settings.nats.stream))
             if relayed >= head and all(s.position >= head for s in statuses):
                 return head
             assert time.monotonic() < deadline, (head, relayed, statuses)
@@ -94,14 +94,14 @@ def in_process_settings(
         "shutdown_grace_s": 0.0,
         "log_level": "WARNING",
     }
-    return Settings(**(values | overrides))
+    return Settings.from_env({}, **(values | overrides))
 
 
 @contextlib.contextmanager
 def serving(settings: Settings, timeout: float = 60.0) -> Iterator[Served]:
     """The service on a free loopback port until the block ends; ready when yielded."""
     container = bootstrap(settings)
-    app = create_app(container.service, container.jwt_secret, settings.max_body_bytes)
+    app = http_app(container)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -128,3 +128,62 @@ def serving(settings: Settings, timeout: float = 60.0) -> Iterator[Served]:
         thread.join(30)
         sock.close()
         container.close()
+
+
+@dataclass
+class InProcessServer:
+    """``tests.support.server.Server``'s interface, for the service in this process.
+
+    The same ``TURNSTREAM_*`` settings as a served process gets (``env_extra`` over the
+    test defaults), but the relay and the projection workers run in-process too.
+    Restartable on the same schema, like a process.
+    """
+
+    database_url: str
+    schema: str
+    data_dir: Path
+    env_extra: dict[str, str] = field(default_factory=dict)
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    served: Served | None = None
+    _running: contextlib.ExitStack | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self.served is not None, "not started"
+        return self.served.base_url
+
+    def token(self, tenant: str = "acme", user: str = "alice", **kw: Any) -> str:
+        return mint(self.secret, tenant=tenant, user=user, **kw)
+
+    def headers(self, tenant: str = "acme", user: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(tenant, user)}"}
+
+    def settings(self) -> Settings:
+        env = {
+            "TURNSTREAM_DATABASE_URL": self.database_url,
+            "TURNSTREAM_DATABASE_SCHEMA": self.schema,
+            "TURNSTREAM_DATA_DIR": str(self.data_dir),
+            "TURNSTREAM_JWT_SECRET": self.secret,
+            "TURNSTREAM_RUNNER_CHECK_INTERVAL_S": "0.5",
+            "TURNSTREAM_RELAY_PROCESS": "false",
+            "TURNSTREAM_PROJECTIONS_PROCESS": "false",
+            "TURNSTREAM_SHUTDOWN_GRACE_S": "0",
+            "TURNSTREAM_LOG_LEVEL": "WARNING",
+        }
+        return Settings.from_env(env | self.env_extra)
+
+    def start(self) -> InProcessServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        stack = contextlib.ExitStack()
+        self.served = stack.enter_context(serving(self.settings()))
+        self._running = stack
+        return self
+
+    def stop(self) -> None:
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.close()
+
+    def log(self) -> str:
+        """A served process's log; in-process the test's own log capture has it."""
+        return ""

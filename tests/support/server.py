@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from turnstream.auth import SECRET_FILE, mint
+from turnstream.http.auth import SECRET_FILE, mint
 
 
 def free_port() -> int:

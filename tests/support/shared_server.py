@@ -1,4 +1,4 @@
-"""One `turnstream serve` for a whole test module, on its own schema and NATS stream.
+"""One server for a whole test module, on its own schema and NATS stream.
 
 The per-test fixtures of ``tests/e2e/conftest.py`` give every test a fresh schema, stream
 and server; a table-driven module (hundreds of cells against the same resources) shares
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from tests.conftest import NatsTarget, _delete_stream
-from tests.support.server import Server
+from tests.support.inprocess import InProcessServer
 
 
 @contextlib.contextmanager
@@ -42,16 +41,13 @@ def a_place(database_url: str, nats_url: str) -> Iterator[tuple[str, NatsTarget]
 
 
 @contextlib.contextmanager
-def served(database_url: str, nats_url: str, data_dir: Path, **env: str) -> Iterator[Server]:
-    """A started server on a fresh schema and stream; stopped and dropped on exit."""
+def served(
+    database_url: str, nats_url: str, data_dir: Path, **env: str
+) -> Iterator[InProcessServer]:
+    """A started (in-process) server on a fresh schema and stream; stopped and dropped
+    on exit."""
     with a_place(database_url, nats_url) as (schema, target):
-        server = Server(
-            database_url,
-            schema,
-            data_dir,
-            env_extra=target.env() | env,
-            secret=secrets.token_urlsafe(32),
-        )
+        server = InProcessServer(database_url, schema, data_dir, env_extra=target.env() | env)
         try:
             server.start()
             yield server

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from turnstream.domain.conversation import Conversation
-from turnstream.domain.events import decode_event, encode_event, utcnow
+from turnstream.domain.errors import ConversationNotFound, Invalid
+from turnstream.domain.events import utcnow
 from turnstream.domain.turn import Turn, TurnUsage
-from turnstream.errors import ConversationNotFound, Invalid
+from turnstream.http.sse import sse_data
 from turnstream.ids import stable_id, uuid7
 from turnstream.settings import Settings, SettingsError, default_model_id
+from turnstream.store.mapper import decode_event, encode_event
 
 
 def started(turn_id: object = None) -> Turn.Started:
@@ -84,9 +86,9 @@ def test_events_round_trip_through_their_stable_topics() -> None:
         text="par",
     )
     assert decode_event(Turn.Failed.TOPIC, encode_event(failed)) == failed
-    assert failed.sse_data() == {"code": "runner_lost", "message": "gone", "text": "par"}
-    assert s.sse_data()["request_id"] is None
-    assert s.sse_data()["created_at"].endswith("Z")
+    assert sse_data(failed) == {"code": "runner_lost", "message": "gone", "text": "par"}
+    assert sse_data(s)["request_id"] is None
+    assert sse_data(s)["created_at"].endswith("Z")
 
 
 def test_a_conversation_is_renamed_and_deleted_and_then_not_found() -> None:
@@ -121,10 +123,10 @@ def test_settings_come_from_turnstream_variables(tmp_path: Path) -> None:
             "TURNSTREAM_DEMO_TOKENS_PER_S": "12.5",
         }
     )
-    assert settings.port == 9001
-    assert settings.data_dir == tmp_path
-    assert settings.demo_tokens_per_s == 12.5
-    with pytest.raises(SettingsError, match="port"):
+    assert settings.server.port == 9001
+    assert settings.server.data_dir == tmp_path
+    assert settings.models.demo_tokens_per_s == 12.5
+    with pytest.raises(SettingsError, match="TURNSTREAM_PORT"):
         Settings.from_env({"TURNSTREAM_PORT": "eighty"})
 
 
@@ -134,10 +136,10 @@ def test_the_models_file_adds_models_and_demo_stays(tmp_path: Path) -> None:
         '[[models]]\nid = "local"\nprovider = "openai"\nbase_url = "http://127.0.0.1:1/v1"\n'
         'default = true\ntitle_model = "demo"\n'
     )
-    loaded = Settings.from_env({"TURNSTREAM_MODELS": str(models)}).load_models()
+    loaded = Settings.from_env({"TURNSTREAM_MODELS": str(models)}).models.load()
     assert list(loaded) == ["demo", "local"]
     assert default_model_id(loaded) == "local"
-    assert default_model_id(Settings.from_env({}).load_models()) == "demo"
+    assert default_model_id(Settings.from_env({}).models.load()) == "demo"
 
     for bad, message in (
         ('[[models]]\nid = "x"\nprovider = "openai"\n', "base_url"),
@@ -147,4 +149,4 @@ def test_the_models_file_adds_models_and_demo_stays(tmp_path: Path) -> None:
     ):
         models.write_text(bad)
         with pytest.raises(SettingsError, match=message):
-            Settings.from_env({"TURNSTREAM_MODELS": str(models)}).load_models()
+            Settings.from_env({"TURNSTREAM_MODELS": str(models)}).models.load()

@@ -23,9 +23,10 @@ from turnstream.bus.envelope import (
 )
 from turnstream.cli import main
 from turnstream.domain.conversation import Conversation
-from turnstream.domain.events import DomainEvent, encode_event, utcnow
+from turnstream.domain.events import DomainEvent, utcnow
 from turnstream.domain.turn import Turn, TurnUsage
 from turnstream.ids import uuid7
+from turnstream.store.mapper import encode_event
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "docs" / "nats-envelope.schema.json"

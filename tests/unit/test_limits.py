@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from turnstream.limits import client_address, parse_networks
+from turnstream.http.clients import client_address, parse_networks
 from turnstream.settings import SettingsError
 
 PROXIES = parse_networks("10.0.0.0/8, 127.0.0.1")

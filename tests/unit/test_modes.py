@@ -7,10 +7,9 @@ from uuid import UUID
 
 import pytest
 
-from turnstream.errors import Invalid, MessageNotFound
+from turnstream.domain.errors import Invalid, MessageNotFound
+from turnstream.domain.modes import Row, TurnRequest, path_to, plan_turn
 from turnstream.ids import uuid7
-from turnstream.modes import Row, path_to, plan_turn
-from turnstream.service import TurnRequest
 
 # The tree every test starts from, as the tree projection would hand it over:
 #

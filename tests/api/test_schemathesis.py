@@ -44,8 +44,6 @@ from hypothesis import HealthCheck, settings
 from tests.support.server import Frame, Server, parse_sse
 from tests.support.shared_server import bearer, served
 
-pytestmark = pytest.mark.e2e
-
 MAX_EXAMPLES = 50
 SEED = 20261121
 

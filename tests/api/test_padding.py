@@ -7,14 +7,11 @@ import json
 import statistics
 
 import httpx
-import pytest
 
-from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_turn_stream import new_conversation
+from tests.api.conftest import ServerFactory
+from tests.api.test_turn_stream import new_conversation
 from tests.support.server import Frame, Server, parse_sse
 from turnstream.http.sse import PAD_ROOM
-
-pytestmark = pytest.mark.e2e
 
 FRAMES = 10_000
 """Token-sized frames to measure: enough for the correlation to mean something."""

@@ -9,17 +9,14 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.e2e.test_bad_input import assert_problem
-from tests.e2e.test_openai_turns import llm_server as llm_server  # the fixture
-from tests.e2e.test_turn_rules import post_turn
-from tests.e2e.test_turn_stream import new_conversation
+from tests.api.test_bad_input import assert_problem
+from tests.api.test_openai_turns import llm_server as llm_server  # the fixture
+from tests.api.test_turn_rules import post_turn
+from tests.api.test_turn_stream import new_conversation
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.fake_openai import fake_openai as fake_openai  # the fixture
 from tests.support.server import Frame, Server, parse_sse
-
-pytestmark = pytest.mark.e2e
 
 ITEM_FIELDS = {
     "id",

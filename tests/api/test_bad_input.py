@@ -8,11 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_turn_stream import new_conversation, run_turn
+from tests.api.conftest import ServerFactory
+from tests.api.test_turn_stream import new_conversation, run_turn
 from tests.support.server import Server
-
-pytestmark = pytest.mark.e2e
 
 
 def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, object]:

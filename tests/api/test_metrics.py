@@ -7,16 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_bad_input import assert_problem
-from tests.e2e.test_turn_stream import new_conversation, resume, run_turn
+from tests.api.conftest import ServerFactory
+from tests.api.test_bad_input import assert_problem
+from tests.api.test_turn_stream import new_conversation, resume, run_turn
 from tests.support.server import Frame, Server, parse_sse
-
-pytestmark = pytest.mark.e2e
 
 MODELS = """
 [[models]]

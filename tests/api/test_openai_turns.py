@@ -7,13 +7,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_turn_stream import new_conversation, run_turn
+from tests.api.conftest import ServerFactory
+from tests.api.test_turn_stream import new_conversation, run_turn
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.fake_openai import fake_openai as fake_openai  # the fixture
 from tests.support.server import Server
-
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

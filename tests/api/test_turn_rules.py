@@ -1,18 +1,15 @@
-"""One running turn per conversation, idempotent request ids, graceful shutdown."""
+"""One running turn per conversation, and idempotent request ids."""
 
 from __future__ import annotations
 
 import concurrent.futures
 
 import httpx
-import pytest
 
-from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_bad_input import assert_problem
-from tests.e2e.test_turn_stream import frames_of, new_conversation, resume
+from tests.api.conftest import ServerFactory
+from tests.api.test_bad_input import assert_problem
+from tests.api.test_turn_stream import frames_of, new_conversation
 from tests.support.server import Frame, Server, parse_sse
-
-pytestmark = pytest.mark.e2e
 
 
 def post_turn(
@@ -74,25 +71,3 @@ def test_the_same_request_id_is_one_turn_and_one_generation(make_server: ServerF
     assert [f.id for f in again] == [f.id for f in streams[0][3:]]
     view = httpx.get(f"{server.base_url}/v1/conversations/{cid}", headers=server.headers()).json()
     assert len(view["messages"]) == 2
-
-
-def test_sigterm_ends_running_turns_as_interrupted_and_keeps_their_text(
-    make_server: ServerFactory,
-) -> None:
-    slow = {
-        "TURNSTREAM_DEMO_TOKENS": "500",
-        "TURNSTREAM_DEMO_TOKENS_PER_S": "20",
-        "TURNSTREAM_SHUTDOWN_GRACE_S": "0.5",
-    }
-    server = make_server(**slow)
-    cid = new_conversation(server)
-    first = first_frame(server, cid, {"content": "long"})
-    server.stop()  # SIGTERM
-    assert server.proc is not None
-    assert server.proc.returncode == 0, server.log()
-    again = make_server(**slow)
-    frames = resume(again, cid, first.data["turn_id"], header=0)
-    assert frames[-1].event == "final"
-    assert frames[-1].data["status"] == "interrupted"
-    assert frames[-1].data["finish_reason"] == "shutdown"
-    assert frames[-1].data["text"] == "".join(f.data["text"] for f in frames if f.event == "token")

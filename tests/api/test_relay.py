@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 
+from tests.api.test_turn_stream import new_conversation, run_turn
 from tests.conftest import NatsTarget
-from tests.e2e.test_turn_stream import new_conversation, run_turn
 from tests.support.jetstream import StoredEvent, StreamMessage, wait_relayed
 from tests.support.server import Server
 from turnstream.bus.envelope import TOPIC_TYPES, TURN_TOPICS
-
-pytestmark = pytest.mark.e2e
 
 
 def assert_exactly_the_store(

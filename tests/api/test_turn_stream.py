@@ -8,15 +8,13 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 from psycopg import sql
 
-from tests.e2e.conftest import ServerFactory
+from tests.api.conftest import ServerFactory
 from tests.support.server import Frame, Server, parse_sse
-from turnstream.domain.events import decode_event
 from turnstream.domain.turn import TurnEvent
-
-pytestmark = pytest.mark.e2e
+from turnstream.http.sse import sse_data, sse_name
+from turnstream.store.mapper import decode_event
 
 
 def new_conversation(server: Server, **body: Any) -> str:
@@ -98,12 +96,14 @@ def test_a_turns_frames_are_gapless_and_equal_the_stored_events(
 
     # The store holds exactly these events, one for one.
     stored = stored_events(database_url, db_schema, turn_id)
-    assert [(e.originator_version, e.SSE_NAME) for e in stored] == [(f.id, f.event) for f in frames]
+    assert [(e.originator_version, sse_name(e)) for e in stored] == [
+        (f.id, f.event) for f in frames
+    ]
     for event, frame in zip(stored, frames, strict=True):
         assert {
             "seq": event.originator_version,
             "turn_id": turn_id,
-            **event.sse_data(),
+            **sse_data(event),
         } == frame.data
 
 

@@ -29,10 +29,8 @@ from psycopg import sql
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.server import Frame, Server, parse_sse
 from tests.support.shared_server import served
-from turnstream.domain.events import decode_event
 from turnstream.domain.turn import TurnEvent
-
-pytestmark = pytest.mark.e2e
+from turnstream.store.mapper import decode_event
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 

@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.e2e.conftest import ServerFactory
-from tests.e2e.test_bad_input import assert_problem
-from tests.e2e.test_turn_rules import post_turn
-from tests.e2e.test_turn_stream import new_conversation
+from tests.api.conftest import ServerFactory
+from tests.api.test_bad_input import assert_problem
+from tests.api.test_turn_rules import post_turn
+from tests.api.test_turn_stream import new_conversation
 from tests.support.server import Frame, Server, parse_sse
-
-pytestmark = pytest.mark.e2e
 
 
 def post(server: Server, cid: str, body: dict[str, Any], **headers: str) -> httpx.Response:
