@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turnstream.auth import mint, verify
 from turnstream.bus.envelope import tenant_of_token, tenant_token
-from turnstream.errors import Invalid, Unauthorized
-from turnstream.identities import is_tenant, is_user_id
+from turnstream.domain.errors import Invalid, Unauthorized
+from turnstream.domain.identities import is_tenant, is_user_id
+from turnstream.http.auth import mint, verify
 from turnstream.settings import Settings, SettingsError
 
 SECRET = "s" * 32
@@ -65,3 +65,30 @@ def test_every_tenant_has_a_subject_token_that_decodes_back_to_it(tenant: str) -
     assert tenant_of_token(token) == tenant
     # An encoded token never names a real tenant.
     assert is_tenant(token) == is_tenant(tenant)
+
+
+def test_a_variable_no_setting_reads_is_named_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import argparse
+    import logging
+
+    from turnstream.cli.common import settings_of, start_logging
+    from turnstream.settings import unknown_variables
+
+    env = {"TURNSTREAM_MAX_CONTENT_CHARS": "10", "TURNSTREAM_NATS_STREM": "X", "HOME": "/"}
+    assert unknown_variables(env) == [
+        ("TURNSTREAM_MAX_CONTENT_CHARS", "TURNSTREAM_LIMIT_MESSAGE_CHARS"),
+        ("TURNSTREAM_NATS_STREM", "TURNSTREAM_NATS_STREAM"),
+    ]
+    assert unknown_variables({"TURNSTREAM_NATS_STREAM": "X"}) == []
+    # At start, each is a warning (settings are read as ever, the unknown one ignored).
+    monkeypatch.setenv("TURNSTREAM_MAX_CONTENT_CHARS", "10")
+    settings = settings_of(argparse.Namespace())
+    with caplog.at_level(logging.WARNING, logger="turnstream"):
+        start_logging(settings)
+    assert any(
+        "TURNSTREAM_MAX_CONTENT_CHARS" in r.getMessage()
+        and "TURNSTREAM_LIMIT_MESSAGE_CHARS" in r.getMessage()
+        for r in caplog.records
+    )
