@@ -175,7 +175,7 @@ def lost(turn_id: UUID) -> None:
 
 
 def open_turns(app: TurnstreamApplication, count: int) -> list[UUID]:
-    """Record a Turn.Started per turn as ChatService does (pooled connection, start_turn)."""
+    """Record a Turn.Started per turn as the turn starter does (pooled connection, start_turn)."""
     node_id = uuid7()
     turn_ids: list[UUID] = []
     for i in range(count):

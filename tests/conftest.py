@@ -21,7 +21,7 @@ import functools
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -246,3 +246,19 @@ def nats_target(nats_url: str) -> Iterator[NatsTarget]:
     yield target
     with contextlib.suppress(Exception):
         asyncio.run(_delete_stream(nats_url, target.stream))
+
+
+@pytest.fixture
+def event_count(database_url: str, db_schema: str) -> Callable[[], int]:
+    """How many events the store holds (to prove a rejected request stored nothing)."""
+
+    def count() -> int:
+        with psycopg.connect(database_url) as conn:
+            query = sql.SQL("SELECT count(*) FROM {}.turnstream_events").format(
+                sql.Identifier(db_schema)
+            )
+            row = conn.execute(query).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    return count
