@@ -45,7 +45,7 @@ from _common import (
     try_checkpoint,
 )
 from turnstream.bootstrap import build_application
-from turnstream.domain.events import utcnow
+from turnstream.domain.progress import DeltaDraft, ReasoningDraft, TextDraft
 from turnstream.domain.turn import Turn, TurnEvent
 from turnstream.ids import uuid7
 from turnstream.settings import Settings
@@ -54,6 +54,10 @@ from turnstream.store.mapper import decode_event
 from turnstream.store.writer import GroupWriter
 
 TOKEN_TOPICS = [Turn.TokensAppended.TOPIC, Turn.ReasoningAppended.TOPIC]
+EVENT_OF: dict[type[DeltaDraft], type[TurnEvent]] = {
+    TextDraft: Turn.TokensAppended,
+    ReasoningDraft: Turn.ReasoningAppended,
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -180,10 +184,8 @@ def open_turns(app: TurnstreamApplication, count: int) -> list[UUID]:
     turn_ids: list[UUID] = []
     for i in range(count):
         turn_id = uuid7()
-        started = Turn.Started(
-            originator_id=turn_id,
-            originator_version=1,
-            timestamp=utcnow(),
+        started = Turn.start(
+            turn_id,
             conversation_id=uuid7(),
             tenant="bench",
             user_id=f"user-{i}",
@@ -203,7 +205,7 @@ def open_turns(app: TurnstreamApplication, count: int) -> list[UUID]:
 
 def producer(
     writer: GroupWriter,
-    work: list[tuple[UUID, type[TurnEvent], str]],
+    work: list[tuple[UUID, type[DeltaDraft], str]],
     drafts_per_s: float,
     started: threading.Barrier,
     finished: list[float],
@@ -212,7 +214,7 @@ def producer(
     started.wait()
     if drafts_per_s <= 0:
         for turn_id, cls, text in work:
-            submit(turn_id, cls, text=text)
+            submit(cls(turn_id=turn_id, text=text))
     else:
         interval = 1.0 / drafts_per_s
         t0 = time.perf_counter()
@@ -222,7 +224,7 @@ def producer(
             delay = t0 + i * interval - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            submit(turn_id, cls, text=text)
+            submit(cls(turn_id=turn_id, text=text))
     finished.append(time.perf_counter())
 
 
@@ -251,13 +253,13 @@ def run_write_path(
     # Draft i goes to turn i % T; producer k owns the turns t with t % P == k, so each
     # turn's drafts are submitted in order by one thread (and the stored text is known).
     per_turn: list[list[tuple[type[TurnEvent], str]]] = [[] for _ in turn_ids]
-    work: list[list[tuple[UUID, type[TurnEvent], str]]] = [[] for _ in range(args.producers)]
+    work: list[list[tuple[UUID, type[DeltaDraft], str]]] = [[] for _ in range(args.producers)]
     for i, text in enumerate(tokens):
         t = i % args.turns
-        cls: type[TurnEvent] = Turn.TokensAppended
+        cls: type[DeltaDraft] = TextDraft
         if args.no_merge and len(per_turn[t]) % 2 == 1:
-            cls = Turn.ReasoningAppended
-        per_turn[t].append((cls, text))
+            cls = ReasoningDraft
+        per_turn[t].append((EVENT_OF[cls], text))
         work[t % args.producers].append((turn_ids[t], cls, text))
 
     commits = CommitLog(total_chars=sum(len(t) for t in tokens))

@@ -152,7 +152,7 @@ class Server:
     def cpu_s(self) -> float:
         """The server process's CPU time so far (user + system), nan when unknown."""
         try:
-            import psutil
+            import psutil  # type: ignore[import-untyped]
         except ImportError:
             return float("nan")
         try:

@@ -355,11 +355,11 @@ def relay_messages(relay: Relay, app: TurnstreamApplication) -> list[tuple[str, 
     with app.connect() as conn:
         after = 0
         while True:
-            rows = relay._page(conn, after)
-            if not rows:
+            page = relay._fetch(conn, after)
+            if not page:
                 return out
-            out.extend((s, b, i) for s, b, _, i in relay._messages(conn, rows))
-            after = rows[-1].position
+            out.extend((s, b, i) for s, b, _, i in page)
+            after = page[-1][2]
 
 
 def report(args: argparse.Namespace, runs: list[RunResult]) -> None:
