@@ -37,7 +37,8 @@ from psycopg.rows import tuple_row
 
 import _common as common
 from turnstream.bootstrap import build_application
-from turnstream.bus.envelope import MSG_ID
+from turnstream.bus.envelope import EXPECTED_LAST_SEQ, MSG_ID, POSITION
+from turnstream.bus.messages import Message
 from turnstream.bus.nats import NatsLink, ensure_stream
 from turnstream.bus.relay import Relay
 from turnstream.domain.conversation import Conversation
@@ -232,13 +233,16 @@ async def drain_relay(relay: Relay, head: int, total: int) -> float:
 
 
 async def raw_publish(
-    nc: Any, stream_settings: Settings, messages: list[tuple[str, bytes, str]]
+    nc: Any, stream_settings: Settings, messages: list[tuple[str, bytes, int, str]]
 ) -> float:
+    """Bare ``publish_async`` of the same messages with the relay's three headers (the
+    message id, the store position, the expected last stream sequence), no checks."""
     js = nc.jetstream(publish_async_max_pending=20_000)
     await ensure_stream(js, stream_settings.nats)
     t0 = time.perf_counter()
-    for subject, body, msg_id in messages:
-        await js.publish_async(subject, body, headers={MSG_ID: msg_id})
+    for seq, (subject, body, position, msg_id) in enumerate(messages):
+        headers = {MSG_ID: msg_id, POSITION: str(position), EXPECTED_LAST_SEQ: str(seq)}
+        await js.publish_async(subject, body, headers=headers)
     await js.publish_async_completed()
     elapsed = time.perf_counter() - t0
     info = await js.stream_info(stream_settings.nats.stream)
@@ -331,10 +335,8 @@ async def run_once(url: str, nats_url: str, args: argparse.Namespace) -> RunResu
                 None, relay_messages, relay, app
             )
             raw_settings = settings_for(schema, f"{tag}raw")
-            raw_messages = [
-                (s.replace(settings.nats.subject_prefix, raw_settings.nats.subject_prefix, 1), b, i)
-                for s, b, i in messages
-            ]
+            ours, theirs = settings.nats.subject_prefix, raw_settings.nats.subject_prefix
+            raw_messages = [(s.replace(ours, theirs, 1), b, p, i) for s, b, p, i in messages]
             assert link.nc is not None
             raw_s = await raw_publish(link.nc, raw_settings, raw_messages)
             common.log("measuring commit -> consumer latency ...")
@@ -349,16 +351,17 @@ async def run_once(url: str, nats_url: str, args: argparse.Namespace) -> RunResu
             app.close()
 
 
-def relay_messages(relay: Relay, app: TurnstreamApplication) -> list[tuple[str, bytes, str]]:
-    """The relay's own (subject, body, msg id) for the whole log, built by its own code."""
-    out: list[tuple[str, bytes, str]] = []
+def relay_messages(relay: Relay, app: TurnstreamApplication) -> list[Message]:
+    """The relay's own (subject, body, position, msg id) for the whole log, built by its
+    own code."""
+    out: list[Message] = []
     with app.connect() as conn:
         after = 0
         while True:
             page = relay._fetch(conn, after)
             if not page:
                 return out
-            out.extend((s, b, i) for s, b, _, i in page)
+            out.extend(page)
             after = page[-1][2]
 
 
