@@ -101,6 +101,48 @@ def test_consecutive_tokens_of_a_turn_in_one_batch_become_one_event(
     assert writer.stats.batches == 1
 
 
+def test_while_busy_commits_start_a_window_apart_and_the_window_shares_one(
+    app: TurnstreamApplication,
+) -> None:
+    """An idle writer commits at once; right after a commit, what comes waits for the
+    window (here 30 s: never reached in the test) and goes in one commit; stop flushes."""
+    node = uuid4()
+    a, b = start(app, node), start(app, node)
+    out = Collector()
+    writer = GroupWriter(app, out.committed, out.on_lost, window_s=30.0)
+    writer.open_turn(a, 1)
+    writer.open_turn(b, 1)
+    writer.start()
+    writer.submit(TextDraft(turn_id=a, text="first"))
+    out.wait(lambda: len(out.events) == 1)  # at once: well within the window
+    for turn, text in ((a, " one"), (b, "two"), (a, " three")):
+        writer.submit(TextDraft(turn_id=turn, text=text))
+    assert writer.stats.batches == 1
+    assert writer.pending() == 3  # waiting for the window, not committed one by one
+    writer.stop()
+    assert writer.stats.batches == 2
+    assert [getattr(e, "text", None) for e in app.turn_events(a)] == [None, "first", " one three"]
+    assert [getattr(e, "text", None) for e in app.turn_events(b)] == [None, "two"]
+
+
+def test_a_full_batch_is_committed_without_waiting_for_the_window(
+    app: TurnstreamApplication,
+) -> None:
+    node = uuid4()
+    a = start(app, node)
+    out = Collector()
+    writer = GroupWriter(app, out.committed, out.on_lost, max_batch=2, window_s=30.0)
+    writer.open_turn(a, 1)
+    writer.start()
+    writer.submit(TextDraft(turn_id=a, text="first"))
+    out.wait(lambda: len(out.events) == 1)
+    writer.submit(ReasoningDraft(turn_id=a, text="r"))
+    writer.submit(TextDraft(turn_id=a, text="t"))
+    out.wait(lambda: len(out.events) == 3)  # within 10 s: the 30 s window was not waited
+    writer.stop()
+    assert writer.stats.batches == 2
+
+
 def test_a_terminal_event_closes_the_turn_and_nothing_is_written_after_it(
     app: TurnstreamApplication,
 ) -> None:

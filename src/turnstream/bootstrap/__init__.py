@@ -159,7 +159,11 @@ def assemble(
     bus = LocalBus(encode)
     commits_feed = CommitFeed(bus=bus, registry=registry, metrics=metrics)
     writer = GroupWriter(
-        app, commits_feed.committed, commits_feed.lost, max_batch=settings.writer.max_batch
+        app,
+        commits_feed.committed,
+        commits_feed.lost,
+        max_batch=settings.writer.max_batch,
+        window_s=settings.writer.window_s,
     )
     commits_feed.stats = writer.stats
     reader = Reader(app)

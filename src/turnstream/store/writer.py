@@ -7,6 +7,12 @@ each turn's events, and writes them with one COPY under the event table's lock. 
 light load a batch is one token and commits within a round trip or two; under heavy
 load batches grow and the lock, round trips and fsync are shared. Only after the commit
 does it hand the events on (``on_commit``), so a client never sees an uncommitted frame.
+
+Every commit costs more than its rows: an fsync, a notification that wakes the relay
+and the projections, their reads and publishes. So while busy the writer starts
+commits at least ``window_s`` apart and lets the drafts of that window share one; when
+idle (the last commit began longer ago) a draft is committed at once. A draft thus waits
+at most one window plus one commit.
 """
 
 from __future__ import annotations
@@ -56,11 +62,15 @@ class GroupWriter:
         on_lost: LostCallback,
         *,
         max_batch: int = 5000,
+        window_s: float = 0.0,
     ) -> None:
         self.app = app
         self.on_commit = on_commit
         self.on_lost = on_lost
         self.max_batch = max_batch
+        self.window_s = window_s
+        self._last_start = float("-inf")
+        """When the last commit began (monotonic)."""
         self.stats = WriterStats()
         self._cond = threading.Condition()
         self._pending: list[Draft] = []
@@ -81,7 +91,8 @@ class GroupWriter:
             if draft.turn_id not in self._versions:
                 return  # the turn was lost or has ended; nothing more may be written
             self._pending.append(draft)
-            self._cond.notify()
+            if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
+                self._cond.notify()  # the writer waits for a first draft, or a full batch
 
     def pending(self) -> int:
         with self._cond:
@@ -109,8 +120,19 @@ class GroupWriter:
                     self._cond.wait()
                 if not self._pending and self._stopping:
                     return
+                self._gather()
                 drafts = self._take()
+            self._last_start = time.monotonic()
             self._write(drafts)
+
+    def _gather(self) -> None:
+        """Busy (the last commit began under a window ago): let the window's drafts come."""
+        until = self._last_start + self.window_s
+        while not self._stopping and len(self._pending) < self.max_batch:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _take(self) -> list[Draft]:
         """The oldest drafts, at most max_batch of them; the rest wait for the next batch."""
