@@ -50,6 +50,17 @@ class Reader:
             ).format(view(f"{name}_tracking"), app.store.events_table)
             for name in PROJECTIONS
         }
+        self._pending_of = {
+            name: SQL(
+                "WITH t AS (SELECT coalesce(max(notification_id), 0) AS p FROM {}"
+                " WHERE application_name = %s)"
+                " SELECT t.p, (SELECT max(notification_id) FROM {} e"
+                " WHERE e.notification_id > t.p AND e.topic = ANY(%s)"
+                " AND (e.originator_id = %s OR e.originator_id IN"
+                " (SELECT turn_id FROM {} WHERE conversation_id = %s))) FROM t"
+            ).format(view(f"{name}_tracking"), app.store.events_table, app.store.index_table)
+            for name in PROJECTIONS
+        }
         self._conversation = SQL("SELECT * FROM {} WHERE id = %s AND NOT deleted").format(
             view("tree_conversations")
         )
@@ -91,6 +102,21 @@ class Reader:
             conn.cursor(row_factory=tuple_row) as cur,
         ):
             cur.execute(self._pending[name], (APP_NAME, list(PROJECTIONS[name].topics)))
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0]), None if row[1] is None else int(row[1])
+
+    def pending_of(self, name: str, conversation_id: UUID) -> tuple[int, int | None]:
+        """As :meth:`pending`, for the events of one conversation and its turns only:
+        what a read of that conversation must wait for, and nothing of anyone else's."""
+        with (
+            self.app.store.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            topics = list(PROJECTIONS[name].topics)
+            cur.execute(
+                self._pending_of[name], (APP_NAME, topics, conversation_id, conversation_id)
+            )
             row = cur.fetchone()
             assert row is not None
             return int(row[0]), None if row[1] is None else int(row[1])

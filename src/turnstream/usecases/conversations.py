@@ -49,13 +49,19 @@ class ReadModel:
         self.positions = positions
         self.wait_s = wait_s
 
-    async def caught_up(self, name: str) -> None:
-        """Wait until projection ``name`` holds every event committed before this call.
+    async def caught_up(self, name: str, conversation_id: UUID | None = None) -> None:
+        """Wait until projection ``name`` holds every event committed before this call
+        (of ``conversation_id`` and its turns only, when given).
 
         Read your writes: a client that saw a turn's terminal frame, or got 2xx for a
-        rename, then reads, sees it. Waits on the position the worker announces.
+        rename, then reads, sees it. Waits on the position the worker announces. A read
+        of one conversation waits for that conversation's events alone: a burst of other
+        users' turns never holds it up.
         """
-        _, pending = await self.gateway.run(self.reader.pending, name)
+        if conversation_id is None:
+            _, pending = await self.gateway.run(self.reader.pending, name)
+        else:
+            _, pending = await self.gateway.run(self.reader.pending_of, name, conversation_id)
         if pending is None:
             return
         if not await self.positions.wait(name, pending, self.wait_s):
@@ -65,7 +71,7 @@ class ReadModel:
         self, caller: Caller, conversation_id: UUID, *, read: bool = False
     ) -> dict[str, Any]:
         """The caller's conversation row of the message tree (404 for anyone else's)."""
-        await self.caught_up("tree")
+        await self.caught_up("tree", conversation_id)
         row = await self.gateway.run(self.reader.conversation, conversation_id)
         if row is None or not caller.may(row["tenant"], row["owner"], read=read):
             raise ConversationNotFound(conversation_id)
