@@ -236,9 +236,8 @@ class WriterSettings(_Group, frozen=True, kw_only=True, rename=_named("WRITER_")
     max_batch: int = 5000
     """The most events one group commit writes."""
     window_s: float = 0.01
-    """While busy, commits start at least this far apart: what arrives meanwhile shares
-    the next one (one transaction, one fsync, one notification for the relay and the
-    projections). A draft waits at most this long plus one commit; 0 commits at once."""
+    """While busy, commits start at least this far apart and share what came meanwhile
+    (a draft waits at most this plus one commit); 0: each commit at once."""
 
 
 class ModelSettings(

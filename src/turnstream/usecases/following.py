@@ -36,6 +36,13 @@ from turnstream.store.gateway import StoreGateway
 log = logging.getLogger(__name__)
 
 
+async def _get(queue: asyncio.Queue[Frame], within_s: float) -> Frame:
+    """The next frame, or TimeoutError after ``within_s``. (``asyncio.timeout`` rather
+    than ``wait_for``, which on 3.11 makes a task of every wait: once per frame.)"""
+    async with asyncio.timeout(max(within_s, 0.0)):
+        return await queue.get()
+
+
 class Follower:
     def __init__(
         self,
@@ -93,7 +100,7 @@ class Follower:
                         live = remote is not None and self.link is not None and self.link.connected
                         wait = min(wait, self.remote_poll_s if live else self.store_poll_s)
                     try:
-                        frame: Frame = await asyncio.wait_for(queue.get(), max(wait, 0.0))
+                        frame = queue.get_nowait() if queue.qsize() else await _get(queue, wait)
                     except TimeoutError:
                         if time.monotonic() - last_sent >= self.ping_every_s:
                             yield self.ping
