@@ -81,7 +81,9 @@ def correlation(frames: list[tuple[Frame, int]]) -> float:
 def test_with_padding_frame_sizes_do_not_track_token_lengths(make_server: ServerFactory) -> None:
     server = make_server(**DEMO)
     frames = text_frames(server)
-    assert all(f.padding for f, _ in frames)
+    # Every text frame has its filler; it may be empty, when the text fills the frame's
+    # room exactly and the random extra is 0 (one frame in 16 of those).
+    assert all(f.padding is not None for f, _ in frames)
     sized = [(f, size) for f, size in frames if token_sized(f)]
     assert len(sized) >= FRAMES
     r = correlation(sized)
