@@ -398,7 +398,8 @@ def turnstream_settings(args: argparse.Namespace) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def profiling(target: Target, args: argparse.Namespace) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """py-spy recording every turnstream process (serve, relay, projections) meanwhile."""
+    """py-spy recording every turnstream process (serve, relay, projections) meanwhile:
+    only the thread holding the GIL, so the samples are where Python spends CPU."""
     args.profile_dir.mkdir(parents=True, exist_ok=True)
     recorders = []
     for pid, (role, _) in processes(target.pid, False).items():
@@ -408,7 +409,7 @@ def profiling(target: Target, args: argparse.Namespace) -> Iterator[list[subproc
         recorders.append(
             subprocess.Popen(
                 ["py-spy", "record", "--pid", str(pid), "--format", "raw", "-o", str(out),
-                 "--rate", "200", "--nonblocking"],
+                 "--rate", "200", "--nonblocking", "--gil"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
