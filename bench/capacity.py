@@ -66,7 +66,7 @@ LIMITS_ON = {
     "LIMIT_WEEKLY_TOKENS": "1000000000000",
 }
 """Every limit on, high enough never to refuse: the cost of checking them is paid."""
-LADDER = (25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500)
+LADDER = (10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
