@@ -599,6 +599,7 @@ def side_json(runs: list[SideResult]) -> dict[str, Any]:
             "first_frame_p50_ms": median([r.burst.figures["first_frame_p50_ms"] for r in runs]),
             "first_frame_p99_ms": median([r.burst.figures["first_frame_p99_ms"] for r in runs]),
             "failed_turns": median([float(len(r.burst.errors)) for r in runs]),
+            "cpu_s": {role: median([r.burst.cpu_s.get(role, 0.0) for r in runs]) for role in ROLES},
         },
     }
 
@@ -638,7 +639,8 @@ def report(args: argparse.Namespace, sides: dict[str, list[SideResult]]) -> None
         b = js["burst"]
         print(
             f"{name}: {b['turns']} starts at once: first frame p50 "
-            f"{fmt(b['first_frame_p50_ms'])} ms, p99 {fmt(b['first_frame_p99_ms'])} ms\n"
+            f"{fmt(b['first_frame_p50_ms'])} ms, p99 {fmt(b['first_frame_p99_ms'])} ms; CPU-s over"
+            " the burst: " + ", ".join(f"{r} {fmt(v, 2)}" for r, v in b["cpu_s"].items()) + "\n"
         )
     if "turnstream" in out and "baseline" in out:
         ts, base = out["turnstream"], out["baseline"]
