@@ -43,7 +43,7 @@ def test_a_conversation_waits_for_its_own_events_and_its_turns_only(
     position_b = app.record(created_b)
     reader = Reader(app)
 
-    assert reader.pending_of("tree", created_a.originator_id) == (0, end_of_a)
-    assert reader.pending_of("tree", created_b.originator_id) == (0, position_b)
-    assert reader.pending_of("tree", uuid7()) == (0, None)
+    assert reader.pending("tree", created_a.originator_id) == (0, end_of_a)
+    assert reader.pending("tree", created_b.originator_id) == (0, position_b)
+    assert reader.pending("tree", uuid7()) == (0, None)
     assert reader.pending("tree") == (0, position_b)  # the whole log's: B came last

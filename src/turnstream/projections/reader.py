@@ -41,26 +41,22 @@ class Reader:
         def view(name: str) -> Any:
             return SQL("{}.{}").format(schema, Identifier(name))
 
-        self._pending = {
-            name: SQL(
+        def pending_sql(name: str, only: Any) -> Any:
+            """The view's position, and the last relevant event after it (``only``:
+            a further condition on those events, or nothing)."""
+            return SQL(
                 "WITH t AS (SELECT coalesce(max(notification_id), 0) AS p FROM {}"
                 " WHERE application_name = %s)"
                 " SELECT t.p, (SELECT max(notification_id) FROM {} e"
-                " WHERE e.notification_id > t.p AND e.topic = ANY(%s)) FROM t"
-            ).format(view(f"{name}_tracking"), app.store.events_table)
-            for name in PROJECTIONS
-        }
-        self._pending_of = {
-            name: SQL(
-                "WITH t AS (SELECT coalesce(max(notification_id), 0) AS p FROM {}"
-                " WHERE application_name = %s)"
-                " SELECT t.p, (SELECT max(notification_id) FROM {} e"
-                " WHERE e.notification_id > t.p AND e.topic = ANY(%s)"
-                " AND (e.originator_id = %s OR e.originator_id IN"
-                " (SELECT turn_id FROM {} WHERE conversation_id = %s))) FROM t"
-            ).format(view(f"{name}_tracking"), app.store.events_table, app.store.index_table)
-            for name in PROJECTIONS
-        }
+                " WHERE e.notification_id > t.p AND e.topic = ANY(%s){}) FROM t"
+            ).format(view(f"{name}_tracking"), app.store.events_table, only)
+
+        of_conversation = SQL(
+            " AND (e.originator_id = %s OR e.originator_id IN"
+            " (SELECT turn_id FROM {} WHERE conversation_id = %s))"
+        ).format(app.store.index_table)
+        self._pending = {name: pending_sql(name, SQL("")) for name in PROJECTIONS}
+        self._pending_of = {name: pending_sql(name, of_conversation) for name in PROJECTIONS}
         self._conversation = SQL("SELECT * FROM {} WHERE id = %s AND NOT deleted").format(
             view("tree_conversations")
         )
@@ -95,28 +91,22 @@ class Reader:
             cur.execute(query, params)
             return cur.fetchall()
 
-    def pending(self, name: str) -> tuple[int, int | None]:
-        """(the view's position, the last relevant event after it, or None)."""
+    def pending(
+        self, name: str, conversation_id: UUID | None = None
+    ) -> tuple[int, int | None]:
+        """(the view's position, the last relevant event after it, or None); with
+        ``conversation_id``, of that conversation and its turns only: what a read of it
+        must wait for, and nothing of anyone else's."""
+        params: tuple[Any, ...] = (APP_NAME, list(PROJECTIONS[name].topics))
+        query = self._pending[name]
+        if conversation_id is not None:
+            params += (conversation_id, conversation_id)
+            query = self._pending_of[name]
         with (
             self.app.store.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row) as cur,
         ):
-            cur.execute(self._pending[name], (APP_NAME, list(PROJECTIONS[name].topics)))
-            row = cur.fetchone()
-            assert row is not None
-            return int(row[0]), None if row[1] is None else int(row[1])
-
-    def pending_of(self, name: str, conversation_id: UUID) -> tuple[int, int | None]:
-        """As :meth:`pending`, for the events of one conversation and its turns only:
-        what a read of that conversation must wait for, and nothing of anyone else's."""
-        with (
-            self.app.store.datastore.get_connection() as conn,
-            conn.cursor(row_factory=tuple_row) as cur,
-        ):
-            topics = list(PROJECTIONS[name].topics)
-            cur.execute(
-                self._pending_of[name], (APP_NAME, topics, conversation_id, conversation_id)
-            )
+            cur.execute(query, params)
             row = cur.fetchone()
             assert row is not None
             return int(row[0]), None if row[1] is None else int(row[1])

@@ -58,10 +58,7 @@ class ReadModel:
         of one conversation waits for that conversation's events alone: a burst of other
         users' turns never holds it up.
         """
-        if conversation_id is None:
-            _, pending = await self.gateway.run(self.reader.pending, name)
-        else:
-            _, pending = await self.gateway.run(self.reader.pending_of, name, conversation_id)
+        _, pending = await self.gateway.run(self.reader.pending, name, conversation_id)
         if pending is None:
             return
         if not await self.positions.wait(name, pending, self.wait_s):
