@@ -32,6 +32,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -178,29 +179,44 @@ def cpu_delta(
 @dataclass
 class Target:
     name: str
-    port: int
-    pid: int
+    server: latency.Server
     with_postgres: bool
     tokens: list[str]
     times: Callable[[list[UUID]], Awaitable[dict[tuple[UUID, int], float]]]
-    alive: Callable[[], bool]
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def pid(self) -> int:
+        return self.server.process.pid
+
+    def alive(self) -> bool:
+        return self.server.process.poll() is None
 
     def token(self, index: int) -> str:
         return self.tokens[index % len(self.tokens)]
 
 
 @contextlib.contextmanager
-def baseline_server(args: argparse.Namespace) -> Iterator[subprocess.Popen[bytes]]:
+def baseline_server(args: argparse.Namespace) -> Iterator[latency.Server]:
+    """``bench/baseline.py`` as a subprocess (its output in a log, as serve's)."""
     port = latency.free_port()
     script = Path(__file__).with_name("baseline.py")
     cmd = [sys.executable, str(script), "--port", str(port)]
     cmd += ["--tokens-per-s", str(args.tokens_per_s), "--tokens", str(args.tokens)]
-    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
-    process.port = port  # type: ignore[attr-defined]
-    try:
-        yield process
-    finally:
-        latency.stop_process(process)
+    with tempfile.TemporaryDirectory(prefix="turnstream-bench-baseline-") as folder:
+        log_path = Path(folder) / "baseline.log"
+        with log_path.open("wb") as out:
+            process = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            yield latency.Server(process, port, "", log_path)
+        finally:
+            latency.stop_process(process)
 
 
 async def baseline_times(port: int, turn_ids: list[UUID]) -> dict[tuple[UUID, int], float]:
@@ -215,20 +231,6 @@ async def baseline_times(port: int, turn_ids: list[UUID]) -> dict[tuple[UUID, in
         if turn in wanted
         for seq, at in pairs
     }
-
-
-async def wait_port_ready(port: int, alive: Callable[[], bool], within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError("the server exited")
-        with contextlib.suppress(OSError, latency.HttpError):
-            status, _ = await latency.http_json(port, "GET", "/readyz")
-            if status == 200:
-                return
-        await asyncio.sleep(0.1)
-    msg = f"the server on port {port} was not ready within {within_s}s"
-    raise RuntimeError(msg)
 
 
 async def quiet(target: Target, within_s: float = 15.0, below: float = 0.05) -> None:
@@ -285,25 +287,9 @@ def pace_lags(turns: list[latency.TurnRecord], tokens_per_s: float) -> list[floa
     return lags
 
 
-async def create_conversations(target: Target, count: int) -> list[str]:
-    gate = asyncio.Semaphore(32)
-
-    async def one(i: int) -> str:
-        async with gate:
-            status, data = await latency.http_json(
-                target.port, "POST", "/v1/conversations", target.token(i), {}
-            )
-        if status not in (200, 201) or not isinstance(data, dict):
-            msg = f"POST /v1/conversations: {status} {data}"
-            raise latency.HttpError(msg)
-        return str(data["id"])
-
-    return list(await asyncio.gather(*(one(i) for i in range(count))))
-
-
 async def run_level(target: Target, level: int, spread_s: float, args: argparse.Namespace) -> Level:
     await quiet(target)
-    conversations = await create_conversations(target, level)
+    conversations = await latency.create_conversations(target.port, target.token, level)
     before = cpu_snapshot(target.pid, target.with_postgres)
     wall0 = time.perf_counter()
 
@@ -375,7 +361,7 @@ class SideResult:
 
 
 async def measure(target: Target, args: argparse.Namespace) -> SideResult:
-    await wait_port_ready(target.port, target.alive, args.ready_timeout)
+    await latency.wait_ready(target.server, args.ready_timeout)
     log(f"{target.name}: warm-up")
     await run_level(target, 5, 0.0, args)
     log(f"{target.name}: finding the capacity")
@@ -433,12 +419,10 @@ async def run_turnstream(args: argparse.Namespace, url: str, schema: str) -> Sid
 
         target = Target(
             name="turnstream",
-            port=server.port,
-            pid=server.process.pid,
+            server=server,
             with_postgres=True,
             tokens=tokens_for(server.secret, args, max(LADDER)),
             times=times,
-            alive=lambda: server.process.poll() is None,
         )
         result = await measure(target, args)
         if args.profile_level:
@@ -449,16 +433,13 @@ async def run_turnstream(args: argparse.Namespace, url: str, schema: str) -> Sid
 
 
 async def run_baseline(args: argparse.Namespace) -> SideResult:
-    with baseline_server(args) as process:
-        port: int = process.port  # type: ignore[attr-defined]
+    with baseline_server(args) as server:
         target = Target(
             name="baseline",
-            port=port,
-            pid=process.pid,
+            server=server,
             with_postgres=False,
             tokens=["none"],
-            times=lambda ids: baseline_times(port, ids),
-            alive=lambda: process.poll() is None,
+            times=lambda ids: baseline_times(server.port, ids),
         )
         return await measure(target, args)
 
@@ -487,9 +468,7 @@ async def run_idle(args: argparse.Namespace, url: str, schema: str) -> dict[str,
     with latency.serve(ts_args, url, schema) as server:
         await latency.wait_ready(server, args.ready_timeout)
         token = mint(server.secret, tenant="bench", user="idle", ttl_s=86400)
-        target = Target("turnstream", server.port, server.process.pid, True, [token],
-                        lambda ids: asyncio.sleep(0, {}), lambda: True)  # fmt: skip
-        cids = await create_conversations(target, args.idle_turns)
+        cids = await latency.create_conversations(server.port, token, args.idle_turns)
         starters: list[asyncio.StreamWriter] = []
         turns: list[tuple[str, str]] = []
         for cid in cids:

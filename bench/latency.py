@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -416,18 +416,22 @@ class LevelRun:
     wall_s: float
 
 
-async def create_conversations(port: int, token: str, count: int) -> list[str]:
+async def create_conversations(
+    port: int, token: str | Callable[[int], str], count: int
+) -> list[str]:
+    """``count`` new conversations; ``token``: the caller's, or the i-th one's."""
     limit = asyncio.Semaphore(32)
+    token_of = token if callable(token) else lambda _: token
 
-    async def one() -> str:
+    async def one(i: int) -> str:
         async with limit:
-            status, data = await http_json(port, "POST", "/v1/conversations", token, {})
+            status, data = await http_json(port, "POST", "/v1/conversations", token_of(i), {})
         if status not in (200, 201) or not isinstance(data, dict):
             msg = f"POST /v1/conversations: {status} {data}"
             raise HttpError(msg)
         return str(data["id"])
 
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
 async def run_level(
