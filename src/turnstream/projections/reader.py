@@ -91,9 +91,7 @@ class Reader:
             cur.execute(query, params)
             return cur.fetchall()
 
-    def pending(
-        self, name: str, conversation_id: UUID | None = None
-    ) -> tuple[int, int | None]:
+    def pending(self, name: str, conversation_id: UUID | None = None) -> tuple[int, int | None]:
         """(the view's position, the last relevant event after it, or None); with
         ``conversation_id``, of that conversation and its turns only: what a read of it
         must wait for, and nothing of anyone else's."""
