@@ -91,6 +91,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=("turnstream", "baseline"), default=None, help="measure one side"
     )
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        metavar="N[,N...]",
+        help="measure turnstream with each of these serve --workers counts (e.g. 1,2)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="whole runs; medians reported")
     parser.add_argument("--turn-timeout", type=float, default=120.0)
     parser.add_argument("--ready-timeout", type=float, default=60.0)
@@ -136,6 +143,8 @@ def role_of(proc: psutil.Process) -> str:
         return "relay"
     if "projections" in cmdline:
         return "projections"
+    if "serve" in cmdline:  # a worker of serve --workers
+        return "serve"
     return "other"
 
 
@@ -410,15 +419,22 @@ def profiling(target: Target, args: argparse.Namespace) -> Iterator[list[subproc
                 rec.wait(30)
 
 
-async def run_turnstream(args: argparse.Namespace, url: str, schema: str) -> SideResult:
+def side_name(workers: int) -> str:
+    return "turnstream" if workers == 1 else f"turnstream-{workers}-workers"
+
+
+async def run_turnstream(
+    args: argparse.Namespace, url: str, schema: str, workers: int = 1
+) -> SideResult:
     ts_args = turnstream_settings(args)
+    ts_args.server_setting.append(f"WORKERS={workers}")
     with latency.serve(ts_args, url, schema) as server:
 
         async def times(turn_ids: list[UUID]) -> dict[tuple[UUID, int], float]:
             return await asyncio.to_thread(latency.event_times, url, schema, turn_ids)
 
         target = Target(
-            name="turnstream",
+            name=side_name(workers),
             server=server,
             with_postgres=True,
             tokens=tokens_for(server.secret, args, max(LADDER)),
@@ -621,19 +637,25 @@ def report(args: argparse.Namespace, sides: dict[str, list[SideResult]]) -> None
             f"{fmt(b['first_frame_p50_ms'])} ms, p99 {fmt(b['first_frame_p99_ms'])} ms; CPU-s over"
             " the burst: " + ", ".join(f"{r} {fmt(v, 2)}" for r, v in b["cpu_s"].items()) + "\n"
         )
-    if "turnstream" in out and "baseline" in out:
-        ts, base = out["turnstream"], out["baseline"]
-        out["ratio"] = ts["capacity"] / base["capacity"] if base["capacity"] else None
+    base: dict[str, Any] = out.get("baseline") or {}
+    for name in [side_name(w) for w in args.workers]:
+        if name not in out or not base:
+            continue
+        ts = out[name]
+        ratio = ts["capacity"] / base["capacity"] if base["capacity"] else None
         common_levels = [lv for lv in ts["levels"] if lv in base["levels"]]
-        out["cpu_ratio"] = {
+        cpu_ratio = {
             lv: ts["levels"][lv]["cpu_s_per_1k_tokens"]["total"]
             / base["levels"][lv]["cpu_s_per_1k_tokens"]["total"]
             for lv in common_levels
         }
+        suffix = name.removeprefix("turnstream")
+        out["ratio" + suffix.replace("-", "_")] = ratio
+        out["cpu_ratio" + suffix.replace("-", "_")] = cpu_ratio
         print(
-            f"capacity turnstream / baseline: {fmt(out['ratio'], 3)}; CPU per token "
-            f"turnstream / baseline by level: "
-            + ", ".join(f"{lv}: {fmt(r, 2)}" for lv, r in out["cpu_ratio"].items())
+            f"capacity {name} / baseline: {fmt(ratio, 3)}; CPU per token "
+            f"{name} / baseline by level: "
+            + ", ".join(f"{lv}: {fmt(r, 2)}" for lv, r in cpu_ratio.items())
         )
     emit_json(out)
 
@@ -646,8 +668,10 @@ async def run_all(args: argparse.Namespace, url: str | None) -> dict[str, list[S
             sides["baseline"].append(await run_baseline(args))
         if args.only in (None, "turnstream"):
             assert url is not None
-            with fresh_schema(url, keep=args.keep_schema) as schema:
-                sides["turnstream"].append(await run_turnstream(args, url, schema))
+            for workers in args.workers:
+                with fresh_schema(url, keep=args.keep_schema) as schema:
+                    result = await run_turnstream(args, url, schema, workers)
+                sides[side_name(workers)].append(result)
     return sides
 
 

@@ -18,7 +18,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import platformdirs
@@ -94,6 +94,9 @@ class ServerSettings(_Group, frozen=True, kw_only=True, rename=str.upper):
     """Where the embedded servers keep their data and where the dev secret lives."""
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """HTTP server processes on the one port (``serve --workers``); the relay and the
+    projections run once beside them, each in a process of its own."""
     jwt_secret: str | None = None
     """HS256 secret. Unset: a secret created once in the data folder (dev tokens printed)."""
     trusted_proxies: str = ""

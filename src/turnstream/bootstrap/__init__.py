@@ -129,13 +129,14 @@ def build_application(settings: Settings, database_url: str) -> TurnstreamApplic
     return TurnstreamApplication(event_store_env(database_url, settings.store.schema), database_url)
 
 
-def bootstrap(settings: Settings) -> Container:
-    """Everything ``serve`` runs: store, NATS link, relay, providers and the use cases."""
+def bootstrap(settings: Settings, *, worker: bool = False) -> Container:
+    """Everything ``serve`` runs: store, NATS link, relay, providers and the use cases;
+    as a ``worker`` of ``serve --workers``, all but the relay and the projections."""
     database_url, nats_url, embedded = start_servers(settings)
     try:
         app = build_application(settings, database_url)
         link = NatsLink(nats_url, settings.nats)
-        services, runtime = assemble(settings, app, link)
+        services, runtime = assemble(settings, app, link, worker=worker)
         secret, dev = resolve_secret(settings.server.jwt_secret, settings.server.data_dir)
     except BaseException:
         for server in reversed(embedded):
@@ -147,7 +148,7 @@ def bootstrap(settings: Settings) -> Container:
 
 
 def assemble(
-    settings: Settings, app: TurnstreamApplication, link: NatsLink | None
+    settings: Settings, app: TurnstreamApplication, link: NatsLink | None, *, worker: bool = False
 ) -> tuple[Services, Runtime]:
     """The use cases of one node over ``app`` and ``link``, and what runs them."""
     models = settings.models.load()
@@ -263,6 +264,7 @@ def assemble(
         providers=providers,
         link=link,
         child_env=functools.partial(_child_env, settings, app, link),
+        relay_and_projections=not worker,
     )
     return services, runtime
 

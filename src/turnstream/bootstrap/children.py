@@ -7,7 +7,8 @@ settings and resolved URLs (so it never starts embedded servers of its own). Its
 standard input is a pipe from the parent: closing it asks the child to publish what is
 stored and exit, and the operating system closes it when the parent dies. The parent
 starts the child again if it dies. The projection workers run the same way
-(``turnstream projections run --supervised``), for the same reason.
+(``turnstream projections run --supervised``), for the same reason, and so do the HTTP
+workers of ``serve --workers N`` (``turnstream serve --fd K --supervised``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ class SupervisedChild:
         *,
         command: tuple[str, ...],
         stop_timeout_s: float = 5.0,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.env = env
         self.command = command
         self.stop_timeout_s = stop_timeout_s
+        self.pass_fds = pass_fds
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._stopping = False
@@ -54,6 +57,10 @@ class SupervisedChild:
                 "--supervised",
                 env=self.env,
                 stdin=asyncio.subprocess.PIPE,
+                pass_fds=self.pass_fds,
+                # Its own session: a terminal's Ctrl-C (or a signal to serve's process
+                # group) reaches serve alone, which then stops its children in order.
+                start_new_session=True,
             )
             code = await self.proc.wait()
             if self._stopping:
@@ -62,6 +69,10 @@ class SupervisedChild:
             name = " ".join(self.command)
             log.warning("%s process exited (status %s); starting it again", name, code)
             await asyncio.sleep(RESTART_DELAY_S)
+
+    def retire(self) -> None:
+        """Start no new process once this one exits (the first step of stopping)."""
+        self._stopping = True
 
     async def stop(self) -> None:
         """Ask the child to finish (the relay publishes what is stored) and exit, by

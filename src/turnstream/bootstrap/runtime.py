@@ -56,6 +56,9 @@ class Runtime:
     link: NatsLink | None
     child_env: Callable[[], dict[str, str]]
     """The environment of a supervised child: these settings and the resolved URLs."""
+    relay_and_projections: bool = True
+    """Whether this process runs the relay and the projection workers (a worker of
+    ``serve --workers`` does not: its parent runs them once for all the workers)."""
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _children: list[SupervisedChild] = field(default_factory=list)
     _workers: list[tuple[ProjectionWorker, threading.Thread]] = field(default_factory=list)
@@ -68,14 +71,14 @@ class Runtime:
         await run(ensure_projections, self.app)
         await run(self.limits.create_tables)
         self.positions.start()
-        if settings.projections.enabled:
+        if settings.projections.enabled and self.relay_and_projections:
             self._start_projections()
         self.writer.start()
         self._task(self.recovery.run_forever(), "turnstream-recovery")
         if self.link is not None:
             self.link.start()
             self._task(self.control.listen(), "turnstream-control")
-            if settings.relay.enabled:
+            if settings.relay.enabled and self.relay_and_projections:
                 self._start_relay(self.link)
         self.health.started = True
 

@@ -102,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service (HTTP, turn runners)")
     serve.add_argument("--host", help="bind address (TURNSTREAM_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (TURNSTREAM_PORT, default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="HTTP processes on the one port (TURNSTREAM_WORKERS, default 1)",
+    )
     serve.add_argument("--data-dir", type=Path, help="data folder (TURNSTREAM_DATA_DIR)")
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
+    serve.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     relay = sub.add_parser(

@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from turnstream.settings import Settings, unknown_variables
 
 log = logging.getLogger("turnstream")
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
+def settings_of(args: argparse.Namespace, **more: Any) -> Settings:
     """The settings from ``TURNSTREAM_*``, with the command line's ``--data-dir``,
-    ``--host`` and ``--port`` over them."""
+    ``--host`` and ``--port`` (and ``more``) over them."""
     return Settings.from_env(
         data_dir=getattr(args, "data_dir", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        **more,
     )
 
 
@@ -31,3 +35,17 @@ def start_logging(settings: Settings) -> None:
     for name, closest in unknown_variables(os.environ):
         hint = f"; did you mean {closest}?" if closest else ""
         log.warning("%s is not a setting of turnstream and is ignored%s", name, hint)
+
+
+def when_parent_lets_go(then: Callable[[], object]) -> None:
+    """Call ``then`` (on a thread) once standard input ends: a supervised child's parent
+    closes it to stop the child, and the operating system closes it when the parent
+    dies. ``os.read``, not ``sys.stdin``: a daemon thread blocked inside the buffered
+    reader would hold its lock while the interpreter shuts down, and abort it."""
+
+    def read_to_end() -> None:
+        while os.read(0, 4096):
+            pass
+        then()
+
+    threading.Thread(target=read_to_end, name="parent-watch", daemon=True).start()

@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from turnstream.bootstrap import attach_store
+from turnstream.cli.common import when_parent_lets_go
 from turnstream.projections.rebuild import rebuild
 from turnstream.projections.runner import PROJECTIONS, ProjectionWorker
 from turnstream.projections.status import status
@@ -126,12 +127,7 @@ def cmd_run(settings: Settings, names: list[str], *, supervised: bool = False) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
     if supervised:
-
-        def read_to_end() -> None:
-            sys.stdin.buffer.read()
-            done.set()
-
-        threading.Thread(target=read_to_end, name="parent-watch", daemon=True).start()
+        when_parent_lets_go(done.set)
     else:
         print(f"turnstream projections: keeping {', '.join(names)}", flush=True)
     try:
