@@ -76,14 +76,35 @@ class Admitted(NamedTuple):
     pending: int
 
 
-def start_query(recorder: Any, a: Admission) -> tuple[Any, dict[str, Any]]:
+class Shape(NamedTuple):
+    """Which limits a start checks: its statement's text depends on these alone, so the
+    store renders it once per shape (see :func:`start_sql`)."""
+
+    rate: bool
+    running: bool
+    turns: bool
+    day: bool
+    week: bool
+
+
+def shape_of(a: Admission) -> Shape:
+    return Shape(
+        bool(a.per_minute),
+        bool(a.max_running),
+        bool(a.max_turns),
+        bool(a.quota_day),
+        bool(a.quota_week),
+    )
+
+
+def start_sql(recorder: Any, shape: Shape) -> Composable:
     """The lock, then one statement: the figures the limits need, and the inserts
-    that run only if they allow (a limit of 0 is off and costs no query)."""
+    that run only if they allow (a limit that is off costs no query)."""
     zero: Composable = SQL("0")
     mine = SQL("FROM {ix} WHERE user_key = %(user_key)s").format(ix=recorder.index_table)
     running = SQL("(SELECT count(*) ") + mine + SQL(" AND NOT ended)")
     turns = SQL("(SELECT count(*) ") + mine + SQL(")")
-    if a.quota_day or a.quota_week:
+    if shape.day or shape.week:
         used = SQL(
             "(SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM {c}"
             " WHERE tenant = %(tenant)s AND user_id = %(user_id)s AND period = {p}"
@@ -112,23 +133,22 @@ def start_query(recorder: Any, a: Admission) -> tuple[Any, dict[str, Any]]:
         used_day = used_week = pending = zero
     rate_cte: Composable = SQL("")
     rate_taken = zero
-    params = {}
-    if a.per_minute:
+    if shape.rate:
         rate_cte = SQL("rate AS ({}), ").format(take_statement(recorder.rate_table))
         rate_taken = SQL("(SELECT count(*) FROM rate)")
-        params = cell_params(a.rate_keys, a.per_minute)
     figures = SQL(
         "SELECT {rate_taken} AS rate_taken, {running} AS running, {turns} AS turns,"
         " {used_day} AS used_day, {used_week} AS used_week, {pending} AS pending"
     ).format(
         rate_taken=rate_taken,
-        running=running if a.max_running else zero,
-        turns=turns if a.max_turns else zero,
-        used_day=used_day if a.quota_day else zero,
-        used_week=used_week if a.quota_week else zero,
+        running=running if shape.running else zero,
+        turns=turns if shape.turns else zero,
+        used_day=used_day if shape.day else zero,
+        used_week=used_week if shape.week else zero,
         pending=pending,
     )
-    query = recorder.lock_sql + SQL(
+    lock: Composable = recorder.lock_sql
+    return lock + SQL(
         "; WITH {rate_cte}f AS ({figures}),"
         " e AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
         " SELECT %(id)s, %(version)s, %(topic)s, %(state)s FROM f WHERE {allowed}"
@@ -145,7 +165,12 @@ def start_query(recorder: Any, a: Admission) -> tuple[Any, dict[str, Any]]:
         ix=recorder.index_table,
         allowed=SQL(ALLOWED),
     )
-    params |= {
+
+
+def start_params(a: Admission) -> dict[str, Any]:
+    """The values of :func:`start_sql`'s parameters for this admission."""
+    params = cell_params(a.rate_keys, a.per_minute) if a.per_minute else {}
+    return params | {
         "per_minute": a.per_minute,
         "rate_count": len(set(a.rate_keys)),
         "user_key": a.user_key,
@@ -159,4 +184,3 @@ def start_query(recorder: Any, a: Admission) -> tuple[Any, dict[str, Any]]:
         "quota_day": a.quota_day,
         "quota_week": a.quota_week,
     }
-    return query, params

@@ -24,7 +24,7 @@ from psycopg import ClientCursor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 
-from turnstream.store.admission import Admission, Admitted, start_query
+from turnstream.store.admission import Admission, Admitted, Shape, shape_of, start_params, start_sql
 from turnstream.store.limits import rate_table
 from turnstream.store.repairs import RepairNotes
 from turnstream.store.turnindex import TurnIndexQueries
@@ -136,6 +136,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
             self.events_table, Identifier(self.channel_name)
         )
         self._begin_sql = SQL("BEGIN; ") + self.lock_sql
+        self._start_sql: dict[Shape, bytes] = {}
         # A commit of text deltas only says so: the projections skip those, and wake
         # only for the events they read (the relay wakes for every commit).
         self._begin_deltas_sql = SQL(
@@ -193,8 +194,11 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         already has a running turn, or when this turn id exists (an idempotent retry);
         nothing is then stored, nor when a limit refuses the turn.
         """
-        query, params = start_query(self, admission)
-        params |= {
+        shape = shape_of(admission)
+        query = self._start_sql.get(shape)
+        if query is None:  # composing it costs more than the rest of the start's Python
+            query = self._start_sql[shape] = start_sql(self, shape).as_bytes(conn)
+        params = start_params(admission) | {
             "id": event.originator_id,
             "version": event.originator_version,
             "topic": event.topic,
