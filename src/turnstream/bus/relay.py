@@ -276,14 +276,17 @@ class Relay:
 
     # Reading the store.
 
-    def _wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
-        """Block until the store notifies a commit (or the timeout passes).
+    def _next(self, conn: psycopg.Connection[Any], after: int, wait_s: float) -> list[Message]:
+        """The next page after ``after``; with ``wait_s``, first block until the store
+        notifies a commit (or ``wait_s`` passes). One call, so one thread hop a commit.
 
-        A commit notified since the last page read is in psycopg's backlog and ends
+        A commit notified since the last page was read is in psycopg's backlog and ends
         the wait at once, so no commit waits for the timeout.
         """
-        for _ in conn.notifies(timeout=timeout, stop_after=1):
-            pass
+        if wait_s:
+            for _ in conn.notifies(timeout=wait_s, stop_after=1):
+                pass
+        return self._messages.after(conn, after, self.batch)
 
     # The inner loop, while leading.
 
@@ -299,45 +302,47 @@ class Relay:
         read_at = position
         checkpoint: tuple[int, float] = (-1, 0.0)  # (stream sequence, when) last written
         report_at = (time.monotonic(), self.status.published)
-        # The next page is read (in a thread) while this one is published.
-        fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
+        # A full page: the next is read (in a thread) while this one is published. A
+        # short one held everything committed before it was read: publish it, then wait
+        # for the next commit.
+        fetch = asyncio.ensure_future(self._call(self._next, conn, read_at, 0.0))
+        fetched_draining = self._draining
         try:
             while True:
                 messages: list[Message] = await fetch
-                if not messages:
-                    await self._settle(inflight, 0)
-                    # Caught up: note where the stream stands, at most once a second.
-                    seq_now = self.status.stream_seq
-                    if (
-                        seq_now
-                        and seq_now != checkpoint[0]
-                        and time.monotonic() - checkpoint[1] > 1
-                    ):
-                        await self._call(
-                            self._write_checkpoint, conn, seq_now, self.status.position
-                        )
-                        checkpoint = (seq_now, time.monotonic())
-                    if self._draining:
-                        return
-                    if not self.link.connected:
-                        msg = "NATS connection lost"
-                        raise ConnectionError(msg)
-                    await self._call(self._wait, conn, 0.5)
-                    fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
-                    continue
-                read_at = messages[-1][2]
-                fetch = asyncio.ensure_future(self._call(self._fetch, conn, read_at))
-                for subject, body, pos, event_id in messages:
-                    headers = {
-                        MSG_ID: event_id,
-                        POSITION: str(pos),
-                        EXPECTED_LAST_SEQ: str(seq),
-                    }
-                    future = await js.publish_async(subject, body, headers=headers)
-                    seq += 1
-                    inflight.append((future, seq, pos))
-                await self._settle(inflight, window - self.batch)
-                report_at = self._report(report_at)
+                if messages:
+                    read_at = messages[-1][2]
+                    caught_up = len(messages) < self.batch
+                    if not caught_up:
+                        fetch = asyncio.ensure_future(self._call(self._next, conn, read_at, 0.0))
+                        fetched_draining = self._draining
+                    for subject, body, pos, event_id in messages:
+                        headers = {
+                            MSG_ID: event_id,
+                            POSITION: str(pos),
+                            EXPECTED_LAST_SEQ: str(seq),
+                        }
+                        future = await js.publish_async(subject, body, headers=headers)
+                        seq += 1
+                        inflight.append((future, seq, pos))
+                    await self._settle(inflight, window - self.batch)
+                    report_at = self._report(report_at)
+                    if not caught_up:
+                        continue
+                await self._settle(inflight, 0)
+                # Caught up: note where the stream stands, at most once a second.
+                seq_now = self.status.stream_seq
+                if seq_now and seq_now != checkpoint[0] and time.monotonic() - checkpoint[1] > 1:
+                    await self._call(self._write_checkpoint, conn, seq_now, self.status.position)
+                    checkpoint = (seq_now, time.monotonic())
+                if fetched_draining:  # that page was read after drain() was asked
+                    return
+                if not self.link.connected:
+                    msg = "NATS connection lost"
+                    raise ConnectionError(msg)
+                wait_s = 0.0 if self._draining else 0.5
+                fetch = asyncio.ensure_future(self._call(self._next, conn, read_at, wait_s))
+                fetched_draining = self._draining
         finally:
             for future, _, _ in inflight:
                 future.cancel()
@@ -359,9 +364,6 @@ class Relay:
             rate,
         )
         return now, published
-
-    def _fetch(self, conn: psycopg.Connection[Any], after: int) -> list[Message]:
-        return self._messages.after(conn, after, self.batch)
 
     async def _settle(
         self, inflight: deque[tuple[asyncio.Future[PubAck], int, int]], keep: int
