@@ -358,7 +358,7 @@ def relay_messages(relay: Relay, app: TurnstreamApplication) -> list[Message]:
     with app.connect() as conn:
         after = 0
         while True:
-            page = relay._fetch(conn, after)
+            page = relay._next(conn, after, 0.0)
             if not page:
                 return out
             out.extend(page)
