@@ -65,7 +65,7 @@ def test_workers_share_the_port_beside_one_relay_and_one_set_of_projections(
     assert len(kinds["relay"]) == 1
     assert len(kinds["projections"]) == 1
 
-    # The kernel spreads connections over both workers' sockets (2 × 0.5^24 that one
+    # The kernel spreads connections over both workers' sockets (odds 2 in 2^24 that one
     # worker gets all 24 by chance).
     held = [healthz(server.port) for _ in range(24)]
     try:
@@ -104,8 +104,10 @@ def test_a_killed_worker_is_started_again_and_the_port_keeps_answering(
         healthz(server.port).close()
     until(
         "a new worker",
-        lambda: len(children(server)["worker"]) == 2
-        and victim.pid not in [w.pid for w in children(server)["worker"]],
+        lambda: (
+            len(children(server)["worker"]) == 2
+            and victim.pid not in [w.pid for w in children(server)["worker"]]
+        ),
     )
     assert server.proc is not None
     pids = [p.pid for kind in children(server).values() for p in kind]

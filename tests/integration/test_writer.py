@@ -219,3 +219,42 @@ def test_a_dead_nodes_turns_end_with_runner_lost_and_a_live_nodes_are_spared(
         "TokensAppended",
         "Failed",
     ]
+
+
+def test_a_commit_of_deltas_only_wakes_the_relay_s_channel_not_the_projections(
+    app: TurnstreamApplication,
+) -> None:
+    """The projections never read token or reasoning deltas: a commit of those alone is
+    notified on the deltas channel (the relay listens there too), any other commit on
+    the events channel."""
+    from psycopg.sql import SQL, Identifier
+
+    store = app.store
+    node = uuid4()
+    a = start(app, node)
+    out = Collector()
+    writer = GroupWriter(app, out.committed, out.on_lost)
+    writer.open_turn(a, 1)
+    with app.connect() as listener:
+        listener.autocommit = True
+        for name in (store.channel_name, store.deltas_channel):
+            listener.execute(SQL("LISTEN {}").format(Identifier(name)))
+        writer.start()
+        writer.submit(TextDraft(turn_id=a, text="tokens"))
+        out.wait(lambda: len(out.events) == 1)
+        writer.submit(
+            FinishDraft(
+                turn_id=a,
+                status="completed",
+                text="tokens",
+                reasoning="",
+                finish_reason="stop",
+                usage=TurnUsage(),
+            )
+        )
+        out.wait(lambda: len(out.events) == 2)
+        writer.stop()
+        heard: list[str] = []
+        while store.channel_name not in heard:  # the finish's commit ends the list
+            heard += [n.channel for n in listener.notifies(timeout=10, stop_after=1)]
+    assert heard == [store.deltas_channel, store.channel_name]

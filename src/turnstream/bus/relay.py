@@ -118,6 +118,7 @@ class Relay:
         self._events = store.events_table
         self._checkpoints = store.relay_table
         self._channel = store.channel_name
+        self._deltas_channel = store.deltas_channel
         self._lock_key = relay_lock_key(store.datastore.schema, self.stream)
         self._messages = Messages(app, self.prefix, relay_part(self.stream))
 
@@ -194,6 +195,7 @@ class Relay:
         if not (row and row[0]):
             return False
         conn.execute(SQL("LISTEN {}").format(Identifier(self._channel)))
+        conn.execute(SQL("LISTEN {}").format(Identifier(self._deltas_channel)))
         return True
 
     # Where the stream stands.

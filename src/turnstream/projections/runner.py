@@ -42,7 +42,6 @@ from turnstream.projections.conversation_list import ConversationList
 from turnstream.projections.tree import MessageTree
 from turnstream.projections.usage import UsageCounters
 from turnstream.store.application import APP_NAME, TurnstreamApplication
-from turnstream.store.recorder import DELTAS_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -273,16 +272,15 @@ class ProjectionWorker:
     def _wait(self, conn: psycopg.Connection[Any], seconds: float) -> None:
         """Until a commit that may hold events of this projection, or ``seconds``.
 
-        Commits of text deltas only (most of them, while answers stream) say so in their
-        notification and are let pass: those events are never read here.
+        Commits of text deltas only (most of them, while answers stream) are notified on
+        a channel of their own, which this worker does not listen to: those events are
+        never read here.
         """
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0 and not self.stopping.is_set():
             # In slices, so that a stop is seen at once (a child's stop waits for it).
             slice_s = min(remaining, STOP_CHECK_S)
-            # One packet may carry several notifications: any but a deltas one wakes.
-            heard = [n.payload for n in conn.notifies(timeout=slice_s, stop_after=1)]
-            if any(payload != DELTAS_ONLY for payload in heard):
+            if list(conn.notifies(timeout=slice_s, stop_after=1)):
                 return
 
     def _follow(self, conn: psycopg.Connection[Any]) -> None:

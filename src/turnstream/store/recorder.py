@@ -22,7 +22,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import ClientCursor
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg.sql import SQL, Identifier
 
 from turnstream.store.admission import Admission, Admitted, Shape, shape_of, start_params, start_sql
 from turnstream.store.limits import rate_table
@@ -50,8 +50,10 @@ def _last_value(cur: psycopg.Cursor[Any]) -> int:
             return 0
 
 
-DELTAS_ONLY = "deltas"
-"""The payload of a commit's notification when it holds only token and reasoning deltas."""
+DELTAS_SUFFIX = "_deltas"
+"""A commit of token and reasoning deltas only is notified on the events channel's name
+with this suffix: the relay listens there too, the projections (which never read those
+events) do not, so neither their PostgreSQL backends nor their threads wake for them."""
 
 Row = tuple[UUID | str, int, str, bytes]
 """A stored event as COPY writes it: originator id, version, topic, state."""
@@ -147,11 +149,10 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
             SQL("SELECT max(notification_id) FROM {}").format(self.events_table).as_bytes(None)
         )
         self._start_sql: dict[Shape, bytes] = {}
-        # A commit of text deltas only says so: the projections skip those, and wake
-        # only for the events they read (the relay wakes for every commit).
+        self.deltas_channel = self.channel_name + DELTAS_SUFFIX
         self._begin_deltas_sql = (
-            SQL("BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE; NOTIFY {}, {}")
-            .format(self.events_table, Identifier(self.channel_name), Literal(DELTAS_ONLY))
+            SQL("BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE; NOTIFY {}")
+            .format(self.events_table, Identifier(self.deltas_channel))
             .as_bytes(None)
         )
         self._end_sql = (
