@@ -17,6 +17,7 @@ from turnstream.ids import uuid7
 from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.lease import node_lock_key
+from turnstream.store.recorder import SMALL_BATCH
 from turnstream.store.writer import GroupWriter
 
 
@@ -258,3 +259,34 @@ def test_a_commit_of_deltas_only_wakes_the_relay_s_channel_not_the_projections(
         while store.channel_name not in heard:  # the finish's commit ends the list
             heard += [n.channel for n in listener.notifies(timeout=10, stop_after=1)]
     assert heard == [store.deltas_channel, store.channel_name]
+
+
+@pytest.mark.parametrize("size", [3, SMALL_BATCH + 1])
+def test_a_group_commit_small_or_large_stores_in_order_and_closes_what_it_ends(
+    app: TurnstreamApplication, size: int
+) -> None:
+    """A small commit is pipelined (one round trip), a large one goes by COPY: either
+    stores its events in order at the positions it answers and closes the turns it ends."""
+    node = uuid4()
+    conversation = uuid7()
+    turn = start(app, node, conversation)
+    rows = [
+        app.encode_row(
+            Turn.TokensAppended(
+                originator_id=turn, originator_version=v, timestamp=utcnow(), text=f"t{v}"
+            )
+        )
+        for v in range(2, size + 2)
+    ]
+    with app.connect() as conn:
+        conn.autocommit = True
+        position = app.store.append_batch(conn, rows, [turn])
+    stored = app.store.select_notifications(0, 10_000)
+    assert stored[-1].id == position
+    assert [(n.originator_version, n.id) for n in stored[-size:]] == [
+        (v, position - size + v - 1) for v in range(2, size + 2)
+    ]
+    assert [getattr(e, "text", None) for e in app.turn_events(turn)][1:] == [
+        f"t{v}" for v in range(2, size + 2)
+    ]
+    assert app.store.running_turn(conversation) is None

@@ -56,6 +56,10 @@ with this suffix: the relay listens there too, the projections (which never read
 events) do not, so neither their PostgreSQL backends nor their threads wake for them."""
 
 Row = tuple[UUID | str, int, str, bytes]
+
+SMALL_BATCH = 128
+"""Group commits of up to this many events go in one pipelined round trip; larger
+ones by COPY, which is faster per event."""
 """A stored event as COPY writes it: originator id, version, topic, state."""
 
 
@@ -164,6 +168,28 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
             .format(ix=self.index_table, ev=self.events_table)
             .as_bytes(None)
         )
+        # A small group commit goes in one round trip (see append_batch).
+        self._lock_only_sql = (
+            SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(self.events_table).as_bytes(None)
+        )
+        self._notify_sql = SQL("NOTIFY {}").format(Identifier(self.channel_name)).as_bytes(None)
+        self._notify_deltas_sql = (
+            SQL("NOTIFY {}").format(Identifier(self.deltas_channel)).as_bytes(None)
+        )
+        self._insert_sql = (
+            SQL(
+                "WITH i AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
+                " SELECT u.i, u.v, u.t, u.s FROM unnest(%s::uuid[], %s::int8[], %s::text[],"
+                " %s::bytea[]) WITH ORDINALITY AS u(i, v, t, s, n) ORDER BY u.n"
+                " RETURNING notification_id),"
+                " m AS (SELECT max(notification_id) AS p FROM i),"
+                " e AS (UPDATE {ix} SET ended = true, ended_position = (SELECT p FROM m)"
+                " WHERE turn_id = ANY(%s::uuid[]))"
+                " SELECT p FROM m"
+            )
+            .format(ix=self.index_table, ev=self.events_table)
+            .as_bytes(None)
+        )
         self.end_turns_sql = SQL(
             "UPDATE {ix} SET ended = true, ended_position = (SELECT max(notification_id)"
             " FROM {ev}) WHERE turn_id = ANY(%s::uuid[])"
@@ -235,6 +261,26 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         except psycopg.errors.UniqueViolation as exc:
             raise IntegrityError(str(exc.diag.constraint_name)) from None
 
+    def _append_pipelined(
+        self,
+        conn: psycopg.Connection[Any],
+        events: Sequence[Row],
+        ended: Sequence[UUID],
+        deltas_only: bool,
+    ) -> int:
+        ids = [i if type(i) is UUID else UUID(str(i)) for i, _, _, _ in events]
+        columns = (ids, [r[1] for r in events], [r[2] for r in events], [r[3] for r in events])
+        with conn.cursor() as cur, conn.cursor(binary=True) as out:
+            with conn.pipeline():  # sent together; the results are read at its end
+                cur.execute(b"BEGIN")
+                cur.execute(self._lock_only_sql)
+                cur.execute(self._notify_deltas_sql if deltas_only else self._notify_sql)
+                out.execute(self._insert_sql, (*columns, list(ended)))
+                cur.execute(b"COMMIT")
+            row = out.fetchone()
+        assert row is not None
+        return int(row[0])
+
     def append_batch(
         self,
         conn: psycopg.Connection[Any],
@@ -245,10 +291,16 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
     ) -> int:
         """One group commit: the events (any turns, in order) and the turns they end.
 
-        Three round trips: BEGIN with the lock, the COPY, and the index update with
-        the commit. ``conn`` must be in autocommit mode (transactions are explicit).
+        Up to ``SMALL_BATCH`` events, one round trip: BEGIN, the lock, the notification,
+        one statement that inserts the events (binary arrays) and closes the turns they
+        end, and COMMIT, pipelined. A larger batch takes three: BEGIN with the lock, a
+        binary COPY, and the index update with the commit. Each round trip is a wait
+        for the GIL on a busy node as well as for PostgreSQL. ``conn`` must be in
+        autocommit mode (transactions are explicit).
         """
         try:
+            if len(events) <= SMALL_BATCH:
+                return self._append_pipelined(conn, events, ended, deltas_only)
             with ClientCursor(conn, row_factory=tuple_row) as cur:
                 cur.execute(self._begin_deltas_sql if deltas_only else self._begin_sql)
                 self.copy_events(cur, events, lock=False, position=False)
