@@ -50,6 +50,18 @@ class Collector:
             assert self.cond.wait_for(predicate, timeout), "timed out"  # type: ignore[arg-type]
 
 
+def finished(turn: UUID, text: str) -> FinishDraft:
+    """A turn's completed end, its answer ``text``."""
+    return FinishDraft(
+        turn_id=turn,
+        status="completed",
+        text=text,
+        reasoning="",
+        finish_reason="stop",
+        usage=TurnUsage(),
+    )
+
+
 def start(app: TurnstreamApplication, node_id: UUID, conversation_id: UUID | None = None) -> UUID:
     started = Turn.Started(
         originator_id=uuid7(),
@@ -159,16 +171,7 @@ def test_a_terminal_event_closes_the_turn_and_nothing_is_written_after_it(
     writer.open_turn(turn, 1)
     writer.start()
     writer.submit(TextDraft(turn_id=turn, text="done"))
-    writer.submit(
-        FinishDraft(
-            turn_id=turn,
-            status="completed",
-            text="done",
-            reasoning="",
-            finish_reason="stop",
-            usage=TurnUsage(),
-        )
-    )
+    writer.submit(finished(turn, "done"))
     writer.submit(TextDraft(turn_id=turn, text="late"))
     out.wait(lambda: any(e.TERMINAL for e in out.events))
     writer.stop()
@@ -243,16 +246,7 @@ def test_a_commit_of_deltas_only_wakes_the_relay_s_channel_not_the_projections(
         writer.start()
         writer.submit(TextDraft(turn_id=a, text="tokens"))
         out.wait(lambda: len(out.events) == 1)
-        writer.submit(
-            FinishDraft(
-                turn_id=a,
-                status="completed",
-                text="tokens",
-                reasoning="",
-                finish_reason="stop",
-                usage=TurnUsage(),
-            )
-        )
+        writer.submit(finished(a, "tokens"))
         out.wait(lambda: len(out.events) == 2)
         writer.stop()
         heard: list[str] = []

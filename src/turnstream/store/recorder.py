@@ -56,11 +56,11 @@ with this suffix: the relay listens there too, the projections (which never read
 events) do not, so neither their PostgreSQL backends nor their threads wake for them."""
 
 Row = tuple[UUID | str, int, str, bytes]
+"""A stored event as COPY writes it: originator id, version, topic, state."""
 
 SMALL_BATCH = 128
 """Group commits of up to this many events go in one pipelined round trip; larger
 ones by COPY, which is faster per event."""
-"""A stored event as COPY writes it: originator id, version, topic, state."""
 
 
 def as_row(event: StoredEvent) -> Row:
