@@ -109,6 +109,38 @@ class Reader:
             assert row is not None
             return int(row[0]), None if row[1] is None else int(row[1])
 
+    def tree(
+        self, conversation_id: UUID, *, pending: bool = True
+    ) -> tuple[int | None, dict[str, Any] | None, list[dict[str, Any]]]:
+        """A conversation's tree in one round trip: (with ``pending``, what the tree view
+        still lacks of it, as :meth:`pending`; its row, or None; its messages). A
+        turn's start reads this: a round trip on a busy node also waits for the GIL."""
+        with (
+            self.app.store.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as lag,
+            conn.cursor(row_factory=dict_row) as rows,
+            conn.cursor(row_factory=dict_row) as messages,
+        ):
+            with conn.pipeline():
+                if pending:
+                    lag.execute(
+                        self._pending_of["tree"],
+                        (
+                            APP_NAME,
+                            list(PROJECTIONS["tree"].topics),
+                            conversation_id,
+                            conversation_id,
+                        ),
+                    )
+                rows.execute(self._conversation, (conversation_id,))
+                messages.execute(self._messages, (conversation_id,))
+            behind = None
+            if pending:
+                row = lag.fetchone()
+                assert row is not None
+                behind = None if row[1] is None else int(row[1])
+            return behind, rows.fetchone(), messages.fetchall()
+
     def conversation(self, conversation_id: UUID) -> dict[str, Any] | None:
         rows = self._rows(self._conversation, (conversation_id,))
         return rows[0] if rows else None

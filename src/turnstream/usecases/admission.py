@@ -11,6 +11,7 @@ same turn, whichever node recorded it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
@@ -55,6 +56,15 @@ def model_input(system_prompt: str | None, plan: TurnPlan) -> list[ChatMessage]:
     return path
 
 
+class StartedTurn(NamedTuple):
+    """A start's answer: the turn, and the events of it the starter holds already (its
+    ``turn.started`` when this call started it; none when a ``request_id`` found it),
+    which its stream sends without reading them back from the store."""
+
+    turn_id: UUID
+    known: tuple[Turn.Started, ...] = ()
+
+
 class TurnStarter:
     def __init__(
         self,
@@ -86,22 +96,22 @@ class TurnStarter:
 
     async def start(
         self, caller: Caller, conversation_id: UUID, request: TurnRequest, *, client: str
-    ) -> UUID:
-        """Start a turn (or find the one its ``request_id`` started); its id.
+    ) -> StartedTurn:
+        """Start a turn (or find the one its ``request_id`` started).
 
         ``client``: the client's address, for the per-address rate limit.
         """
-        conversation = await self.reads.tree_row(caller, conversation_id)
+        conversation, stored = await self.reads.tree(caller, conversation_id)
         turn_id = stable_id(conversation_id, request.request_id) if request.request_id else uuid7()
         if request.request_id and await self._is_turn_of(turn_id, conversation_id):
-            return turn_id
+            return StartedTurn(turn_id)
         limit = self.message_chars
         if limit and request.content is not None and len(request.content) > limit:
             raise PayloadTooLarge(f"A message has at most {limit} characters.", max_chars=limit)
         if caller.guest and not self.guests.messages:
             raise LoginRequired("Guests cannot send messages here; sign in.", retry_after=3600)
         model = self._model(request.model, conversation["model"])
-        messages = {m["id"]: m for m in await self.run(self.reads.reader.messages, conversation_id)}
+        messages = {m["id"]: m for m in stored}
         limit = self.conversation_messages
         if limit and len(messages) + NEW_MESSAGES[request.mode] > limit:
             raise ConversationFull(
@@ -141,13 +151,13 @@ class TurnStarter:
         except IntegrityError:
             running = await self.run(self.app.store.running_turn, conversation_id)
             if request.request_id and await self._is_turn_of(turn_id, conversation_id):
-                return turn_id
+                return StartedTurn(turn_id)
             if running is not None:
                 raise TurnInProgress(running) from None
             raise ServiceUnavailable("The turn could not be started; try again.") from None
         if admitted.position is None:
             if request.request_id and await self._is_turn_of(turn_id, conversation_id):
-                return turn_id  # the same request, started by a concurrent POST
+                return StartedTurn(turn_id)  # the same request, started by a concurrent POST
             raise await self.limits.refusal(admission, admitted)
         self.bus.open(turn_id)
         self.writer.open_turn(turn_id, 1)
@@ -161,7 +171,7 @@ class TurnStarter:
                 progress=TurnProgress(started),
             )
         )
-        return turn_id
+        return StartedTurn(turn_id, (started,))
 
     def _model(self, requested: str | None, conversations: str) -> ModelConfig:
         model_id = requested or conversations

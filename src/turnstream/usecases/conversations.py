@@ -64,6 +64,23 @@ class ReadModel:
         if not await self.positions.wait(name, pending, self.wait_s):
             raise ServiceUnavailable("The read model is catching up; try again shortly.")
 
+    async def tree(
+        self, caller: Caller, conversation_id: UUID
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The caller's conversation row and its messages (404 for anyone else's), as
+        of every event of it committed before this call: one store call when the tree
+        view holds them already, as it mostly does."""
+        behind, row, messages = await self.gateway.run(self.reader.tree, conversation_id)
+        if behind is not None:
+            if not await self.positions.wait("tree", behind, self.wait_s):
+                raise ServiceUnavailable("The read model is catching up; try again shortly.")
+            _, row, messages = await self.gateway.run(
+                self.reader.tree, conversation_id, pending=False
+            )
+        if row is None or not caller.may(row["tenant"], row["owner"]):
+            raise ConversationNotFound(conversation_id)
+        return row, messages
+
     async def tree_row(
         self, caller: Caller, conversation_id: UUID, *, read: bool = False
     ) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from uuid import UUID
 
 import msgspec
@@ -71,9 +71,19 @@ class Follower:
         self.prefix = subject_prefix
 
     async def follow(
-        self, tenant: str, conversation_id: UUID, turn_id: UUID, after: int = 0
+        self,
+        tenant: str,
+        conversation_id: UUID,
+        turn_id: UUID,
+        after: int = 0,
+        known: Sequence[TurnEvent] = (),
     ) -> AsyncIterator[bytes]:
-        """The turn's frames after ``after``, then live until its terminal frame."""
+        """The turn's frames after ``after``, then live until its terminal frame.
+
+        ``known``: committed events of the turn the caller holds (a start's
+        ``turn.started``); those that continue ``after`` are sent without a store read,
+        one round trip less before a new turn's first frame.
+        """
         run, bus = self.gateway.run, self.bus
         queue = bus.subscribe(turn_id)
         remote = await self._subscribe_remote(tenant, conversation_id, turn_id, queue)
@@ -81,13 +91,18 @@ class Follower:
         last_sent = time.monotonic()
         self.metrics.open_streams.inc()
         try:
+            held: Sequence[TurnEvent] = [e for e in known if e.originator_version > last]
             while True:
-                events = await run(self.app.turn_events, turn_id, last)
+                from_store = not (held and held[0].originator_version == last + 1)
+                events = await run(self.app.turn_events, turn_id, last) if from_store else held
+                held = []
                 for event in events:
                     yield self.encode(event)
                     last = event.originator_version
                     if event.TERMINAL:
                         return
+                if not from_store and not bus.is_running(turn_id):
+                    continue  # it ended before this reader subscribed: read the rest
                 if events:
                     last_sent = time.monotonic()
                 elif not bus.is_running(turn_id) and await run(self.app.turn_ended, turn_id):

@@ -40,8 +40,8 @@ async def start_turn(
     last_event_id: LastEventId = None,
 ) -> Stream:
     after = resume_from(last_event_id)
-    turn_id = await services.turns.start(caller, cid, data, client=client_of(request))
-    return sse(services.follower.follow(caller.tenant, cid, turn_id, after))
+    turn = await services.turns.start(caller, cid, data, client=client_of(request))
+    return sse(services.follower.follow(caller.tenant, cid, turn.turn_id, after, turn.known))
 
 
 @get(
