@@ -35,6 +35,7 @@ from turnstream.store.application import TurnstreamApplication, ensure_schema, e
 from turnstream.store.gateway import StoreGateway
 from turnstream.store.lease import NodeLease, OrphanSweeper
 from turnstream.store.limits import RateLimiter
+from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.admission import TurnStarter
 from turnstream.usecases.commits import CommitFeed
@@ -167,6 +168,7 @@ def assemble(
         window_s=settings.writer.window_s,
     )
     commits_feed.stats = writer.stats
+    starts = StartBatcher(app.store, app.connect)
     reader = Reader(app)
     positions = Positions(app, reader)
     reads = ReadModel(
@@ -213,6 +215,7 @@ def assemble(
             node_id=node_id,
             bus=bus,
             writer=writer,
+            starts=starts,
             runner=runner,
         ),
         follower=Follower(
@@ -256,6 +259,7 @@ def assemble(
         limits=limits,
         positions=positions,
         writer=writer,
+        starts=starts,
         commits=commits_feed,
         registry=registry,
         recovery=recovery,

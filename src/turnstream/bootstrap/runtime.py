@@ -29,6 +29,7 @@ from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
 from turnstream.store.lease import NodeLease
+from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.commits import CommitFeed
 from turnstream.usecases.control import TurnControl
@@ -47,6 +48,7 @@ class Runtime:
     limits: Limits
     positions: Positions
     writer: GroupWriter
+    starts: StartBatcher
     commits: CommitFeed
     registry: RunningTurns
     recovery: Recovery
@@ -74,6 +76,7 @@ class Runtime:
         if settings.projections.enabled and self.relay_and_projections:
             self._start_projections()
         self.writer.start()
+        self.starts.start()
         self._task(self.recovery.run_forever(), "turnstream-recovery")
         if self.link is not None:
             self.link.start()
@@ -122,6 +125,8 @@ class Runtime:
     async def stop(self) -> None:
         """Let running turns finish for the grace period, interrupt the rest, flush."""
         self.health.started = False
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.starts.stop)  # a start now: 503, try elsewhere
         await self.registry.drain(self.settings.turns.shutdown_grace_s)
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
         # The relay publishes what the last commits stored, then stops; whatever it

@@ -9,10 +9,13 @@ gets past a limit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
+from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
 from psycopg.sql import SQL, Composable, Literal
 
 from turnstream.store.limits import cell_params, take_statement
@@ -98,8 +101,14 @@ def shape_of(a: Admission) -> Shape:
 
 
 def start_sql(recorder: Any, shape: Shape) -> Composable:
-    """The lock, then one statement: the figures the limits need, and the inserts
-    that run only if they allow (a limit that is off costs no query)."""
+    """The lock, then :func:`start_statement`: a start on its own, as one simple query."""
+    lock: Composable = recorder.lock_sql
+    return lock + SQL("; ") + start_statement(recorder, shape)
+
+
+def start_statement(recorder: Any, shape: Shape) -> Composable:
+    """One statement: the figures the limits need, and the inserts that run only if
+    they allow (a limit that is off costs no query). It must run under the table lock."""
     zero: Composable = SQL("0")
     mine = SQL("FROM {ix} WHERE user_key = %(user_key)s").format(ix=recorder.index_table)
     running = SQL("(SELECT count(*) ") + mine + SQL(" AND NOT ended)")
@@ -147,9 +156,8 @@ def start_sql(recorder: Any, shape: Shape) -> Composable:
         used_week=used_week if shape.week else zero,
         pending=pending,
     )
-    lock: Composable = recorder.lock_sql
-    return lock + SQL(
-        "; WITH {rate_cte}f AS ({figures}),"
+    return SQL(
+        "WITH {rate_cte}f AS ({figures}),"
         " e AS (INSERT INTO {ev} (originator_id, originator_version, topic, state)"
         " SELECT %(id)s, %(version)s, %(topic)s, %(state)s FROM f WHERE {allowed}"
         " RETURNING notification_id),"
@@ -184,3 +192,21 @@ def start_params(a: Admission) -> dict[str, Any]:
         "quota_day": a.quota_day,
         "quota_week": a.quota_week,
     }
+
+
+def start_values(
+    event: StoredEvent, conversation_id: UUID, node_id: UUID, admission: Admission
+) -> dict[str, Any]:
+    """Every parameter of the start statements for this start."""
+    return start_params(admission) | {
+        "id": event.originator_id,
+        "version": event.originator_version,
+        "topic": event.topic,
+        "state": event.state,
+        "conversation": conversation_id,
+        "node": node_id,
+    }
+
+
+def admitted(row: Sequence[Any]) -> Admitted:
+    return Admitted(row[0], *(int(v) for v in row[1:]))

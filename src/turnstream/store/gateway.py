@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 import psycopg
@@ -45,6 +45,16 @@ class StoreGateway:
         self.guard.check()
         try:
             return await self.run_unguarded(fn, *args, **kwargs)
+        except STORE_OUTAGE as exc:
+            self.guard.failed(exc)
+            raise ServiceUnavailable("The event store is unavailable; try again.") from None
+
+    async def queued(self, submit: Callable[P, Future[R]], *args: P.args, **kwargs: P.kwargs) -> R:
+        """:meth:`run` for a call that a store thread of its own answers: ``submit``
+        queues it there and returns its future (the start batcher's)."""
+        self.guard.check()
+        try:
+            return await asyncio.wrap_future(submit(*args, **kwargs))
         except STORE_OUTAGE as exc:
             self.guard.failed(exc)
             raise ServiceUnavailable("The event store is unavailable; try again.") from None

@@ -24,7 +24,16 @@ from psycopg import ClientCursor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from turnstream.store.admission import Admission, Admitted, Shape, shape_of, start_params, start_sql
+from turnstream.store.admission import (
+    Admission,
+    Admitted,
+    Shape,
+    admitted,
+    shape_of,
+    start_sql,
+    start_statement,
+    start_values,
+)
 from turnstream.store.limits import rate_table
 from turnstream.store.repairs import RepairNotes
 from turnstream.store.turnindex import TurnIndexQueries
@@ -57,6 +66,9 @@ events) do not, so neither their PostgreSQL backends nor their threads wake for 
 
 Row = tuple[UUID | str, int, str, bytes]
 """A stored event as COPY writes it: originator id, version, topic, state."""
+
+Start = tuple[StoredEvent, UUID, UUID, Admission]
+"""A turn's start to record: its first event, its conversation, its node, its limits."""
 
 SMALL_BATCH = 128
 """Group commits of up to this many events go in one pipelined round trip; larger
@@ -153,6 +165,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
             SQL("SELECT max(notification_id) FROM {}").format(self.events_table).as_bytes(None)
         )
         self._start_sql: dict[Shape, bytes] = {}
+        self._start_statement: dict[Shape, bytes] = {}
         self.deltas_channel = self.channel_name + DELTAS_SUFFIX
         self._begin_deltas_sql = (
             SQL("BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE; NOTIFY {}")
@@ -241,14 +254,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         query = self._start_sql.get(shape)
         if query is None:  # composing it costs more than the rest of the start's Python
             query = self._start_sql[shape] = start_sql(self, shape).as_bytes(conn)
-        params = start_params(admission) | {
-            "id": event.originator_id,
-            "version": event.originator_version,
-            "topic": event.topic,
-            "state": event.state,
-            "conversation": conversation_id,
-            "node": node_id,
-        }
+        params = start_values(event, conversation_id, node_id, admission)
         try:
             with ClientCursor(conn, row_factory=tuple_row) as cur:
                 cur.execute(query, params)
@@ -257,9 +263,54 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
                         raise RuntimeError("the start query returned no row")
                 row = cur.fetchone()
                 assert row is not None
-                return Admitted(row[0], *(int(v) for v in row[1:]))
+                return admitted(row)
         except psycopg.errors.UniqueViolation as exc:
             raise IntegrityError(str(exc.diag.constraint_name)) from None
+
+    def start_turns(self, conn: psycopg.Connection[Any], starts: Sequence[Start]) -> list[Admitted]:
+        """Record several starts (see :meth:`start_turn`) in one transaction and one round
+        trip: BEGIN, the lock, the notification, each start's statement in order (each
+        sees those before it, so the limits hold as if they ran one by one), COMMIT.
+
+        If any conflicts (``IntegrityError``), none is stored: the caller then records
+        them one by one to learn which. ``conn`` must be in autocommit mode.
+        """
+        cursors = []
+        try:
+            with conn.cursor() as cur, conn.pipeline():
+                cur.execute(b"BEGIN")
+                cur.execute(self._lock_only_sql)
+                cur.execute(self._notify_sql)
+                for event, conversation_id, node_id, admission in starts:
+                    shape = shape_of(admission)
+                    query = self._start_statement.get(shape)
+                    if query is None:
+                        query = start_statement(self, shape).as_bytes(conn)
+                        self._start_statement[shape] = query
+                    one = conn.cursor(row_factory=tuple_row)
+                    cursors.append(one)
+                    one.execute(query, start_values(event, conversation_id, node_id, admission))
+                cur.execute(b"COMMIT")
+        except BaseException as exc:
+            if (
+                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                and not conn.closed
+            ):
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                raise IntegrityError(str(exc.diag.constraint_name)) from None
+            raise
+        else:
+            results = []
+            for one in cursors:
+                row = one.fetchone()
+                assert row is not None  # every start statement answers one row
+                results.append(admitted(row))
+            return results
+        finally:
+            for one in cursors:
+                one.close()
 
     def _append_pipelined(
         self,

@@ -34,9 +34,9 @@ from turnstream.domain.turn import Turn
 from turnstream.ids import stable_id, uuid7
 from turnstream.providers.base import ChatMessage, estimate_tokens
 from turnstream.settings import GuestSettings, LimitSettings, ModelConfig
-from turnstream.store.admission import Admission, Admitted
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
+from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.conversations import ReadModel
 from turnstream.usecases.limits import Limits
@@ -79,10 +79,13 @@ class TurnStarter:
         node_id: UUID,
         bus: LocalBus,
         writer: GroupWriter,
+        starts: StartBatcher,
         runner: TurnRunner,
     ) -> None:
         self.app = app
         self.run = gateway.run
+        self.queued = gateway.queued
+        self.starts = starts
         self.reads = reads
         self.models = models
         self.limits = limits
@@ -147,7 +150,8 @@ class TurnStarter:
         worth = estimate + self.limits.output_worth(model, estimate)
         admission = self.limits.admission(caller, started, worth, client)
         try:
-            admitted = await self.run(self._record, started, admission)
+            start = (self.app.encode(started), conversation_id, self.node_id, admission)
+            admitted = await self.queued(self.starts.submit, start)
         except IntegrityError:
             running = await self.run(self.app.store.running_turn, conversation_id)
             if request.request_id and await self._is_turn_of(turn_id, conversation_id):
@@ -185,7 +189,3 @@ class TurnStarter:
     async def _is_turn_of(self, turn_id: UUID, conversation_id: UUID) -> bool:
         row = await self.run(self.app.store.turn_row, turn_id)
         return row is not None and row.conversation_id == conversation_id
-
-    def _record(self, started: Turn.Started, admission: Admission) -> Admitted:
-        with self.app.store.datastore.get_connection() as conn:
-            return self.app.start_turn(conn, started, admission)
