@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
@@ -147,3 +148,21 @@ def test_a_stopping_batcher_records_what_is_queued_and_refuses_what_comes_after(
     assert stored_turns(app, [queued]) == [True]
     late = batcher.submit(a_start(app))
     assert isinstance(outcome(late), ServiceUnavailable)
+
+
+def test_a_connection_that_died_while_idle_costs_no_start(
+    app: TurnstreamApplication, batcher: StartBatcher, database_url: str
+) -> None:
+    batcher.start()
+    assert isinstance(outcome(batcher.submit(a_start(app))), Admitted)
+    assert batcher._conn is not None
+    pid = batcher._conn.info.backend_pid
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    after = a_start(app)
+    result = outcome(batcher.submit(after))
+    assert isinstance(result, Admitted)
+    assert result.position is not None
+    assert batcher._conn is not None
+    assert batcher._conn.info.backend_pid != pid
+    assert len(app.turn_events(after[0].originator_id)) == 1

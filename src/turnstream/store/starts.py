@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import IntegrityError
@@ -89,9 +90,16 @@ class StartBatcher:
             self._record(batch)
 
     def _record(self, batch: list[tuple[Start, Future[Admitted]]]) -> None:
+        starts = [start for start, _ in batch]
         try:
-            conn = self._connection()
-            results = self.recorder.start_turns(conn, [start for start, _ in batch])
+            try:
+                results = self.recorder.start_turns(self._connection(), starts)
+            except psycopg.OperationalError:
+                # Often a connection that died while idle (PostgreSQL restarted): on a
+                # new one, the batch again, unless it was committed before the line
+                # dropped.
+                self._reset()
+                results = self._again(starts)
         except IntegrityError:
             self._record_each(batch)
             return
@@ -103,6 +111,16 @@ class StartBatcher:
         self.batches += 1
         for (_, future), result in zip(batch, results, strict=True):
             future.set_result(result)
+
+    def _again(self, starts: list[Start]) -> list[Admitted]:
+        conn = self._connection()
+        ids = [UUID(str(event.originator_id)) for event, *_ in starts]
+        stored = self.recorder.started_positions(conn, ids)
+        if not stored:
+            return self.recorder.start_turns(conn, starts)
+        if len(stored) < len(starts):  # pragma: no cover - one transaction: all or none
+            raise IntegrityError("part of a batch of starts is stored")
+        return [Admitted(stored[i], 0, 0, 0, 0, 0, 0) for i in ids]
 
     def _record_each(self, batch: list[tuple[Start, Future[Admitted]]]) -> None:
         """One start of the batch conflicts: each alone, so the others still start."""

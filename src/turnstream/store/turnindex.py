@@ -88,6 +88,19 @@ class TurnIndexQueries:
             )
             return [r["node_id"] for r in cur.fetchall()]
 
+    def started_positions(
+        self, conn: psycopg.Connection[Any], turn_ids: list[UUID]
+    ) -> dict[UUID, int]:
+        """Of these turns, those stored: their ``turn.started`` positions."""
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                SQL("SELECT turn_id, started_position FROM {} WHERE turn_id = ANY(%s)").format(
+                    self.index_table
+                ),
+                (turn_ids,),
+            )
+            return {row[0]: int(row[1]) for row in cur.fetchall()}
+
     def running_turns_of(self, conn: psycopg.Connection[Any], node_id: UUID) -> list[UUID]:
         with conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(
