@@ -312,3 +312,8 @@ class ProjectionWorker:
                 continue
             recorded = time.monotonic()
             position = last
+            if events and last == head:
+                # Caught up: wait for the next commit at once. One since the notifies
+                # above were drained is already queued on this connection; and the
+                # apply just checked the generation.
+                self._wait(conn, 5.0)
