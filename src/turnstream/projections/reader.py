@@ -17,7 +17,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row, tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Identifier
 
 from turnstream.projections.base import channel
 from turnstream.projections.runner import PROJECTIONS
@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 class ListCursor(NamedTuple):
     updated_at: datetime
     id: UUID
+
+
+def render(statement: Composable) -> bytes:
+    """A statement's text, once (identifiers are ASCII: no connection's encoding needed)."""
+    return statement.as_bytes(None)
 
 
 class Reader:
@@ -55,33 +60,43 @@ class Reader:
             " AND (e.originator_id = %s OR e.originator_id IN"
             " (SELECT turn_id FROM {} WHERE conversation_id = %s))"
         ).format(app.store.index_table)
-        self._pending = {name: pending_sql(name, SQL("")) for name in PROJECTIONS}
-        self._pending_of = {name: pending_sql(name, of_conversation) for name in PROJECTIONS}
-        self._conversation = SQL("SELECT * FROM {} WHERE id = %s AND NOT deleted").format(
-            view("tree_conversations")
+        # Every statement rendered once: composing one on each call cost a turn's start
+        # about as much Python as its reads.
+        self._pending = {name: render(pending_sql(name, SQL(""))) for name in PROJECTIONS}
+        self._pending_of = {
+            name: render(pending_sql(name, of_conversation)) for name in PROJECTIONS
+        }
+        self._conversation = render(
+            SQL("SELECT * FROM {} WHERE id = %s AND NOT deleted").format(view("tree_conversations"))
         )
-        self._messages = SQL("SELECT * FROM {} WHERE conversation_id = %s ORDER BY ordinal").format(
-            view("tree_messages")
+        self._messages = render(
+            SQL("SELECT * FROM {} WHERE conversation_id = %s ORDER BY ordinal").format(
+                view("tree_messages")
+            )
         )
-        self._message = SQL("SELECT * FROM {} WHERE id = %s AND conversation_id = %s").format(
-            view("tree_messages")
+        self._message = render(
+            SQL("SELECT * FROM {} WHERE id = %s AND conversation_id = %s").format(
+                view("tree_messages")
+            )
         )
         columns = SQL(
             "SELECT id, title, model, created_at, updated_at, message_count, active_turn_id FROM {}"
         ).format(view("conversation_list"))
         order = SQL(" ORDER BY updated_at DESC, id DESC LIMIT %s")
-        self._list_first = columns + SQL(" WHERE tenant = %s AND owner = %s") + order
-        self._list_after = (
+        self._list_first = render(columns + SQL(" WHERE tenant = %s AND owner = %s") + order)
+        self._list_after = render(
             columns
             + SQL(" WHERE tenant = %s AND owner = %s AND (updated_at, id) < (%s, %s)")
             + order
         )
-        self._usage = SQL(
-            "SELECT period, period_start, sum(turns) AS turns,"
-            " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens"
-            " FROM {} WHERE tenant = %s AND user_id = %s AND (period, period_start) IN"
-            " (('day', %s), ('week', %s)) GROUP BY period, period_start"
-        ).format(view("usage_counters"))
+        self._usage = render(
+            SQL(
+                "SELECT period, period_start, sum(turns) AS turns,"
+                " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens"
+                " FROM {} WHERE tenant = %s AND user_id = %s AND (period, period_start) IN"
+                " (('day', %s), ('week', %s)) GROUP BY period, period_start"
+            ).format(view("usage_counters"))
+        )
 
     def _rows(self, query: Any, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with (
