@@ -54,7 +54,7 @@ from turnstream.domain.modes import NEW_MESSAGES
 from turnstream.domain.turn import Turn, TurnMode, TurnUsage
 from turnstream.projections.base import table_name
 from turnstream.projections.rebuild import RebuildResult, rebuild
-from turnstream.projections.runner import PROJECTIONS, ensure_projections
+from turnstream.projections.registry import PROJECTIONS, ensure_projections
 from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.recorder import Row

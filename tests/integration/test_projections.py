@@ -20,7 +20,8 @@ from turnstream.domain.periods import period_starts
 from turnstream.domain.turn import Turn, TurnUsage
 from turnstream.ids import uuid7
 from turnstream.projections.rebuild import rebuild
-from turnstream.projections.runner import Batch, ensure_projections
+from turnstream.projections.registry import ensure_projections
+from turnstream.projections.runner import Batch, GenerationChanged
 from turnstream.projections.usage import UsageCounters
 from turnstream.settings import Settings
 from turnstream.store.application import APP_NAME, TurnstreamApplication
@@ -95,6 +96,39 @@ def test_a_page_is_applied_once_with_its_tracking_record(
         ("bob", "week", week, 1, 5, 1),
     ]
     assert batch.position() == 4
+
+
+def test_the_active_worker_applies_a_page_in_one_round_trip_guarded_by_its_generation(
+    app: TurnstreamApplication, database_url: str, db_schema: str
+) -> None:
+    events = a_turn("ann", 10, 3) + a_turn("bob", 5, 1)
+    app.save(*events)
+    batch = Batch(app, UsageCounters, 1)
+    with app.connect() as conn:
+        head, page = batch.next_page(conn, 0)
+        assert head == 4
+        assert [(type(e), at) for e, at in page] == [(type(e), n) for n, e in enumerate(events, 1)]
+        assert batch.apply_active(conn, page, head)
+        assert batch.next_page(conn, head) == (4, [])
+    day, _ = period_starts(MONDAY_NOON)
+    assert ("ann", "day", day, 1, 10, 3) in counters(database_url, db_schema)
+    assert batch.position() == 4
+    # A rebuild made generation 2 active: the old generation's worker applies nothing.
+    with app.connect() as conn:
+        conn.execute(
+            sql.SQL("UPDATE {}.projections SET generation = 2 WHERE name = %s").format(
+                sql.Identifier(db_schema)
+            ),
+            (UsageCounters.name,),
+        )
+        more = a_turn("cy", 1, 1)
+        app.save(*more)
+        head, page = batch.next_page(conn, 4)
+        assert len(page) == 2
+        with pytest.raises(GenerationChanged):
+            batch.apply_active(conn, page, head)
+    assert batch.position() == 4
+    assert all(row[0] != "cy" for row in counters(database_url, db_schema))
 
 
 def test_the_tracking_record_reads_its_own_result_inside_a_pipeline(

@@ -13,7 +13,7 @@ from turnstream.bootstrap import build_application
 from turnstream.domain.turn import Turn
 from turnstream.ids import uuid7
 from turnstream.projections.reader import Reader
-from turnstream.projections.runner import ensure_projections
+from turnstream.projections.registry import ensure_projections
 from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication
 

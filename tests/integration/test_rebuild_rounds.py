@@ -31,7 +31,8 @@ from turnstream.domain.turn import Turn, TurnUsage
 from turnstream.embedded import EmbeddedPostgres
 from turnstream.ids import uuid7
 from turnstream.projections.rebuild import rebuild
-from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, ensure_projections
+from turnstream.projections.registry import PROJECTIONS, ensure_projections
+from turnstream.projections.runner import ProjectionWorker
 from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication
 

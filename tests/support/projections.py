@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from turnstream.domain.turn import Turn
-from turnstream.projections.runner import PROJECTIONS
+from turnstream.projections.registry import PROJECTIONS
 
 Rows = dict[str, list[tuple[Any, ...]]]
 

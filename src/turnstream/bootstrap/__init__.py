@@ -28,7 +28,7 @@ from turnstream.http.auth import resolve_secret
 from turnstream.http.sse import PING, encode_frame
 from turnstream.metrics import Metrics
 from turnstream.projections.reader import Positions, Reader
-from turnstream.projections.runner import ensure_projections
+from turnstream.projections.registry import ensure_projections
 from turnstream.providers import Providers
 from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication, ensure_schema, event_store_env

@@ -23,7 +23,8 @@ from turnstream.bootstrap.children import SupervisedChild
 from turnstream.bus.nats import NatsLink
 from turnstream.bus.relay import Relay
 from turnstream.projections.reader import Positions
-from turnstream.projections.runner import PROJECTIONS, ProjectionWorker, ensure_projections
+from turnstream.projections.registry import PROJECTIONS, ensure_projections
+from turnstream.projections.runner import ProjectionWorker
 from turnstream.providers import Providers
 from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication

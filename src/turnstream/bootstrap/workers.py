@@ -26,7 +26,7 @@ from typing import Any
 from turnstream.bootstrap import build_application, start_servers
 from turnstream.bootstrap.children import SupervisedChild
 from turnstream.http.auth import resolve_secret
-from turnstream.projections.runner import ensure_projections
+from turnstream.projections.registry import ensure_projections
 from turnstream.settings import Settings
 from turnstream.store.limits import RateLimiter
 

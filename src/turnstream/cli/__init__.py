@@ -85,7 +85,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
 
 
 def _projection_name(text: str) -> str:
-    from turnstream.projections.runner import PROJECTIONS
+    from turnstream.projections.registry import PROJECTIONS
 
     if text not in PROJECTIONS:
         msg = f"{text!r} is not a projection; choose from {', '.join(PROJECTIONS)}"

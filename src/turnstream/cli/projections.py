@@ -23,7 +23,8 @@ from rich.table import Table
 from turnstream.bootstrap import attach_store
 from turnstream.cli.common import when_parent_lets_go
 from turnstream.projections.rebuild import rebuild
-from turnstream.projections.runner import PROJECTIONS, ProjectionWorker
+from turnstream.projections.registry import PROJECTIONS
+from turnstream.projections.runner import ProjectionWorker
 from turnstream.projections.status import status
 from turnstream.settings import Settings
 

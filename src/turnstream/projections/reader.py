@@ -20,7 +20,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.sql import SQL, Composable, Identifier
 
 from turnstream.projections.base import channel
-from turnstream.projections.runner import PROJECTIONS
+from turnstream.projections.registry import PROJECTIONS
 from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 log = logging.getLogger(__name__)

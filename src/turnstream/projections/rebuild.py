@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from turnstream.projections.base import ViewStore, lock_key
-from turnstream.projections.runner import PAGE, PROJECTIONS, Batch, active_generation, log_head
+from turnstream.projections.registry import PROJECTIONS, active_generation, log_head
+from turnstream.projections.runner import PAGE, Batch
 from turnstream.store.application import TurnstreamApplication
 
 

@@ -28,26 +28,23 @@ from psycopg.sql import SQL, Identifier
 
 from turnstream.domain.events import DomainEvent
 from turnstream.projections.base import (
-    REGISTRY,
     BatchProjection,
     Op,
     ViewStore,
     channel,
     lock_key,
     projection_part,
-    registry_sql,
-    tracking_name,
 )
-from turnstream.projections.conversation_list import ConversationList
-from turnstream.projections.tree import MessageTree
-from turnstream.projections.usage import UsageCounters
+from turnstream.projections.registry import (
+    GENERATION_CHANGED,
+    activate_sql,
+    active_generation,
+    registry_table,
+)
 from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 log = logging.getLogger(__name__)
 
-PROJECTIONS: dict[str, type[BatchProjection]] = {
-    p.name: p for p in (MessageTree, ConversationList, UsageCounters)
-}
 PAGE = 1000
 STOP_CHECK_S = 0.25
 """How often an idle worker looks whether it was asked to stop."""
@@ -57,71 +54,6 @@ ADVANCE_EVERY_S = 1.0
 
 class GenerationChanged(Exception):
     """A rebuild made another generation active: follow it."""
-
-
-def _registry(app: TurnstreamApplication) -> Any:
-    return SQL("{}.{}").format(Identifier(app.store.datastore.schema), Identifier(REGISTRY))
-
-
-def activate_sql(app: TurnstreamApplication, projection: type[BatchProjection], gen: int) -> Any:
-    """The readers' views over generation ``gen`` of ``projection``."""
-    schema = Identifier(app.store.datastore.schema)
-    statements = [
-        SQL("CREATE OR REPLACE VIEW {}.{} AS SELECT * FROM {}.{}").format(
-            schema, Identifier(table), schema, Identifier(f"{table}__g{gen}")
-        )
-        for table in projection.reads
-    ]
-    statements.append(
-        SQL("CREATE OR REPLACE VIEW {}.{} AS SELECT * FROM {}.{}").format(
-            schema,
-            Identifier(f"{projection.name}_tracking"),
-            schema,
-            Identifier(tracking_name(projection.name, gen)),
-        )
-    )
-    return SQL("; ").join(statements)
-
-
-def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
-    """Create the registry and a first generation of each projection; the active ones."""
-    schema = app.store.datastore.schema
-    with app.connect() as conn:
-        conn.execute(registry_sql(schema))
-        with conn.transaction():
-            conn.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_registry(app)))
-            rows = conn.execute(
-                SQL("SELECT name, generation FROM {}").format(_registry(app))
-            ).fetchall()
-            active = {str(r[0]): int(r[1]) for r in rows}
-            for name, projection in PROJECTIONS.items():
-                if name in active:
-                    continue
-                ViewStore(app.store.datastore, projection=projection, generation=1).create_table()
-                conn.execute(
-                    SQL("INSERT INTO {} (name, generation) VALUES (%s, 1)").format(_registry(app)),
-                    (name,),
-                )
-                conn.execute(activate_sql(app, projection, 1))
-                active[name] = 1
-    return active
-
-
-def first_value(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> Any:
-    """The first column of the first row (any connection: dict rows or tuples)."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(query, params).fetchone()
-    return None if row is None else row[0]
-
-
-def active_generation(conn: psycopg.Connection[Any], app: TurnstreamApplication, name: str) -> int:
-    generation = first_value(
-        conn, SQL("SELECT generation FROM {} WHERE name = %s").format(_registry(app)), (name,)
-    )
-    if generation is None:
-        msg = f"projection {name!r} is not registered"
-        raise LookupError(msg)
-    return int(generation)
 
 
 class Batch:
@@ -143,9 +75,28 @@ class Batch:
         self.view = ViewStore(app.store.datastore, projection=projection, generation=generation)
         self.projection = projection(self.view)
         self._check = SQL("SELECT generation FROM {} WHERE name = %s FOR SHARE").format(
-            _registry(app)
+            registry_table(app)
         )
         self._channel = channel(app.store.datastore.schema)
+        events = app.store.events_table
+        self._next_sql = (
+            SQL(
+                "WITH h AS (SELECT coalesce(max(notification_id), 0) AS head FROM {ev})"
+                " SELECT h.head, e.notification_id, e.originator_id, e.originator_version,"
+                " e.topic, e.state FROM h LEFT JOIN LATERAL (SELECT * FROM {ev}"
+                " WHERE notification_id > %s AND notification_id <= h.head AND topic = ANY(%s)"
+                " ORDER BY notification_id LIMIT %s) e ON true"
+            )
+            .format(ev=events)
+            .as_bytes(None)
+        )
+        self._guard = (
+            SQL("SELECT {}.projection_guard(%s, %s)")
+            .format(Identifier(app.store.datastore.schema))
+            .as_bytes(None)
+        )
+        self._notify = b"SELECT pg_notify(%s, %s)"
+        self._topics = list(projection.topics)
 
     def position(self) -> int:
         return self.view.max_tracking_id(APP_NAME) or 0
@@ -162,6 +113,57 @@ class Batch:
         return [
             (cast(DomainEvent, self.app.mapper.to_domain_event(n)), n.id) for n in notifications
         ]
+
+    def next_page(
+        self, conn: psycopg.Connection[Any], after: int
+    ) -> tuple[int, list[tuple[DomainEvent, int]]]:
+        """The log's head, and the next page of this projection's events after
+        ``after`` up to it: one statement, so one snapshot and one round trip."""
+        with conn.cursor(row_factory=tuple_row, binary=True) as cur:
+            cur.execute(self._next_sql, (after, self._topics, self.page))
+            rows = cur.fetchall()
+        head = int(rows[0][0])
+        to_domain = self.app.mapper.to_domain_event
+        events = [
+            (
+                cast(
+                    DomainEvent,
+                    to_domain(Notification(id=r[1], originator_id=r[2], originator_version=r[3],
+                                           topic=r[4], state=bytes(r[5]))),
+                ),
+                int(r[1]),
+            )
+            for r in rows
+            if r[1] is not None
+        ]  # fmt: skip
+        return head, events
+
+    def apply_active(
+        self, conn: psycopg.Connection[Any], events: list[tuple[DomainEvent, int]], position: int
+    ) -> bool:
+        """:meth:`apply` for the active worker in one round trip: the generation guard,
+        the changes, the tracking record and the announcement, pipelined in one
+        transaction. False (nothing applied) when an event needs a repair noted: the
+        caller then uses :meth:`apply`. Raises GenerationChanged as :meth:`apply` does."""
+        changes: list[Op] = []
+        for event, at in events:
+            ops, repaired = self.projection.storable_changes(event, at)
+            if repaired:
+                return False
+            changes += ops
+        try:
+            with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                cur.execute(self._guard, (self.name, self.generation))
+                for statement, params in changes:
+                    cur.execute(statement, params)
+                self.view.track(conn, Tracking(APP_NAME, position))
+                # Delivered at commit: readers waiting for this position stop waiting.
+                cur.execute(self._notify, (self._channel, f"{self.name} {position}"))
+        except psycopg.Error as exc:
+            if exc.sqlstate == GENERATION_CHANGED:
+                raise GenerationChanged from None
+            raise
+        return True
 
     def apply(
         self,
@@ -191,7 +193,7 @@ class Batch:
                 cur.execute(
                     SQL(
                         "UPDATE {} SET generation = %s, activated_at = now() WHERE name = %s"
-                    ).format(_registry(self.app)),
+                    ).format(registry_table(self.app)),
                     (self.generation, self.name),
                 )
                 cur.execute(activate_sql(self.app, self.projection_class, self.generation))
@@ -215,11 +217,6 @@ class Batch:
                 self.name,
                 at,
             )
-
-
-def log_head(conn: psycopg.Connection[Any], app: TurnstreamApplication) -> int:
-    query = SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(app.store.events_table)
-    return int(first_value(conn, query))
 
 
 class ProjectionWorker:
@@ -296,11 +293,11 @@ class ProjectionWorker:
         while not self.stopping.is_set():
             for _ in conn.notifies(timeout=0):
                 pass  # what they announce, the reads below see
-            head = log_head(conn, self.app)
-            events = batch.read(position, head) if head > position else []
+            head, events = batch.next_page(conn, position)
             if events:
                 last = head if len(events) < batch.page else events[-1][1]
-                batch.apply(conn, events, last)
+                if not batch.apply_active(conn, events, last):
+                    batch.apply(conn, events, last)
             elif head > position and time.monotonic() - recorded >= ADVANCE_EVERY_S:
                 last = head
                 batch.apply(conn, [], last)

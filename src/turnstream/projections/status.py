@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from psycopg.sql import SQL, Identifier
 
 from turnstream.projections.base import lock_key, projection_part
-from turnstream.projections.runner import PROJECTIONS, active_generation, first_value, log_head
+from turnstream.projections.registry import PROJECTIONS, active_generation, first_value, log_head
 from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 

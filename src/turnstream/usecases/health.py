@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from turnstream.bus.nats import NatsLink
 from turnstream.bus.relay import checkpointed_position, relay_part
 from turnstream.projections.base import projection_part
-from turnstream.projections.runner import PROJECTIONS
+from turnstream.projections.registry import PROJECTIONS
 from turnstream.projections.status import ProjectionStatus, status, workers_lead
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
