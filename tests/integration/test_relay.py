@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import nats
 import psycopg
 import pytest
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 from psycopg import sql
 from psycopg.rows import tuple_row
 
@@ -19,6 +19,7 @@ from tests.conftest import NatsTarget
 from tests.support.events import a_conversation
 from tests.support.jetstream import stored_events, stream_messages
 from turnstream.bootstrap import build_application
+from turnstream.bus.acks import AckInbox
 from turnstream.bus.envelope import EXPECTED_LAST_SEQ, POSITION
 from turnstream.bus.nats import NatsLink
 from turnstream.bus.relay import Relay
@@ -196,3 +197,37 @@ async def test_a_stale_publish_can_neither_duplicate_nor_reorder_the_stream(
     after = await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix)
     assert after == relayed
     assert_exactly_the_store(stored_events(database_url, db_schema), after, nats_target.prefix)
+
+
+async def test_the_relay_s_inbox_hands_each_ack_to_its_publish_and_each_refusal_too(
+    app: TurnstreamApplication, nats_target: NatsTarget, database_url: str, db_schema: str
+) -> None:
+    settings = settings_for(nats_target, database_url, db_schema)
+    head = write(app, a_conversation())
+    async with relay_on(app, settings) as running:
+        await running.caught_up(head)
+    relayed = await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix)
+    last = relayed[-1]
+    nc = await nats.connect(nats_target.url)
+    acks = AckInbox(nc)
+    await acks.open()
+    try:
+        subject = f"{nats_target.prefix}.inbox-test"
+        await acks.publish(subject, b"{}", {EXPECTED_LAST_SEQ: str(last.seq)}, 7)
+        # Stale (expects an earlier last sequence), and on a subject no stream takes.
+        await acks.publish(subject, b"{}", {EXPECTED_LAST_SEQ: str(last.seq - 1)}, 8)
+        await acks.publish("nobody.listens.here", b"{}", {}, 9)
+        async with asyncio.timeout(30):
+            with pytest.raises(NoStreamResponseError):
+                await acks.take(9)  # taken out of order: each answer waits for its taker
+            ack = await acks.take(7)
+            with pytest.raises(APIError) as wrong:
+                await acks.take(8)
+        assert ack.seq == last.seq + 1
+        assert ack.stream == nats_target.stream
+        assert not ack.duplicate
+        assert wrong.value.err_code == 10071  # wrong last sequence
+        assert acks.poll(7) is None, "an ack is taken once"
+    finally:
+        await acks.close()
+        await nc.close()

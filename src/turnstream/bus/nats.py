@@ -15,10 +15,9 @@ from typing import Any
 import nats
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from turnstream.settings import NatsSettings
 
@@ -88,25 +87,6 @@ def _norm(name: str, value: Any) -> Any:
     return value
 
 
-class _JetStream(JetStreamContext):
-    """nats-py's JetStream context, with refused ``publish_async`` calls reported.
-
-    In nats-py 2.16 a publish that JetStream refuses (say, a wrong expected sequence)
-    leaves its future pending forever: ``APIError.from_error`` raises where the reply
-    handler expects a return value (nats-io/nats.py#985). The relay would then wait for
-    its ack timeout instead of starting over at once; here the error reaches the future.
-    """
-
-    async def _handle_async_reply(self, msg: Msg) -> None:
-        try:
-            await super()._handle_async_reply(msg)
-        except APIError as err:
-            token = msg.subject[len(self._nc._inbox_prefix) + 22 + 2 :]
-            future = self._publish_async_futures.get(token)
-            if future is not None and not future.done():
-                future.set_exception(err)
-
-
 def servers_of(url: str) -> list[str]:
     """The server URLs of a setting that may list a cluster's nodes, comma-separated."""
     return [part.strip() for part in url.split(",") if part.strip()]
@@ -157,7 +137,7 @@ class NatsLink:
             reconnected_cb=reconnected,
             error_cb=error,
         )
-        self.js = _JetStream(self.nc, timeout=5, publish_async_max_pending=20_000)
+        self.js = self.nc.jetstream(timeout=5)  # the relay publishes with bus.acks
         delay = 0.2
         while True:
             try:

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
+from turnstream.bus.acks import AckInbox
 from turnstream.bus.envelope import (
     EXPECTED_LAST_SEQ,
     MSG_ID,
@@ -293,13 +293,15 @@ class Relay:
     # The inner loop, while leading.
 
     async def _relay(self, conn: psycopg.Connection[Any]) -> None:
-        js = self.link.js
-        assert js is not None
+        nc = self.link.nc
+        assert nc is not None
         position, seq = await self.resume_point(conn)
         self.status.position, self.status.stream_seq = position, seq
         self.status.resyncs += 1
         log.info("relay resumes after position %d (stream sequence %d)", position, seq)
-        inflight: deque[tuple[asyncio.Future[PubAck], int, int]] = deque()
+        acks = AckInbox(nc)
+        await acks.open()
+        inflight: deque[tuple[int, int]] = deque()
         window = 2 * self.batch
         read_at = position
         checkpoint: tuple[int, float] = (-1, 0.0)  # (stream sequence, when) last written
@@ -324,14 +326,14 @@ class Relay:
                             POSITION: str(pos),
                             EXPECTED_LAST_SEQ: str(seq),
                         }
-                        future = await js.publish_async(subject, body, headers=headers)
                         seq += 1
-                        inflight.append((future, seq, pos))
-                    await self._settle(inflight, window - self.batch)
+                        await acks.publish(subject, body, headers, seq)
+                        inflight.append((seq, pos))
+                    await self._settle(acks, inflight, window - self.batch)
                     report_at = self._report(report_at)
                     if not caught_up:
                         continue
-                await self._settle(inflight, 0)
+                await self._settle(acks, inflight, 0)
                 # Caught up: note where the stream stands, at most once a second.
                 seq_now = self.status.stream_seq
                 if seq_now and seq_now != checkpoint[0] and time.monotonic() - checkpoint[1] > 1:
@@ -346,8 +348,8 @@ class Relay:
                 fetch = asyncio.ensure_future(self._call(self._next, conn, read_at, wait_s))
                 fetched_draining = self._draining
         finally:
-            for future, _, _ in inflight:
-                future.cancel()
+            with contextlib.suppress(Exception):
+                await acks.close()
             # The connection is closed next: let the thread finish with it first.
             with contextlib.suppress(BaseException):
                 await fetch
@@ -367,20 +369,20 @@ class Relay:
         )
         return now, published
 
-    async def _settle(
-        self, inflight: deque[tuple[asyncio.Future[PubAck], int, int]], keep: int
-    ) -> None:
+    async def _settle(self, acks: AckInbox, inflight: deque[tuple[int, int]], keep: int) -> None:
         """Wait for acks, oldest first, until at most ``keep`` publishes are in flight."""
         while len(inflight) > keep:
-            future, seq, pos = inflight[0]
-            if not future.done():
+            seq, pos = inflight[0]
+            ack = acks.poll(seq)  # a refused publish raises here
+            if ack is None:
                 # One wait for the oldest; the acks behind it are mostly in by then.
-                done, _ = await asyncio.wait((future,), timeout=ACK_TIMEOUT_S)
-                if not done:
+                try:
+                    async with asyncio.timeout(ACK_TIMEOUT_S):
+                        ack = await acks.take(seq)
+                except TimeoutError:
                     msg = f"no ack for position {pos} within {ACK_TIMEOUT_S:g} s"
-                    raise TimeoutError(msg)
+                    raise TimeoutError(msg) from None
             inflight.popleft()
-            ack = future.result()  # a refused publish raises here
             if ack.duplicate or ack.seq != seq:
                 # The stream already held this event, or holds it elsewhere: whatever
                 # follows is refused by its expected sequence; start over from the stream.
