@@ -12,7 +12,7 @@ running here?" and "whose runner died?" are answered without scanning the log.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -73,6 +73,22 @@ Start = tuple[StoredEvent, UUID, UUID, Admission]
 SMALL_BATCH = 128
 """Group commits of up to this many events go in one pipelined round trip; larger
 ones by COPY, which is faster per event."""
+
+
+@contextlib.contextmanager
+def _explicit_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Around statements that BEGIN and COMMIT themselves on an autocommit connection:
+    on any failure, roll back what is open (the connection stays usable), and report a
+    unique violation as the library's ``IntegrityError`` naming its constraint."""
+    try:
+        yield
+    except BaseException as exc:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            raise IntegrityError(str(exc.diag.constraint_name)) from None
+        raise
 
 
 def as_row(event: StoredEvent) -> Row:
@@ -277,7 +293,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         """
         cursors = []
         try:
-            with conn.cursor() as cur, conn.pipeline():
+            with _explicit_transaction(conn), conn.cursor() as cur, conn.pipeline():
                 cur.execute(b"BEGIN")
                 cur.execute(self._lock_only_sql)
                 cur.execute(self._notify_sql)
@@ -291,17 +307,6 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
                     cursors.append(one)
                     one.execute(query, start_values(event, conversation_id, node_id, admission))
                 cur.execute(b"COMMIT")
-        except BaseException as exc:
-            if (
-                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-                and not conn.closed
-            ):
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, psycopg.errors.UniqueViolation):
-                raise IntegrityError(str(exc.diag.constraint_name)) from None
-            raise
-        else:
             results = []
             for one in cursors:
                 row = one.fetchone()
@@ -349,7 +354,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         for the GIL on a busy node as well as for PostgreSQL. ``conn`` must be in
         autocommit mode (transactions are explicit).
         """
-        try:
+        with _explicit_transaction(conn):
             if len(events) <= SMALL_BATCH:
                 return self._append_pipelined(conn, events, ended, deltas_only)
             with ClientCursor(conn, row_factory=tuple_row) as cur:
@@ -357,13 +362,3 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
                 self.copy_events(cur, events, lock=False, position=False)
                 cur.execute(self._end_sql, (list(ended),))
                 return _last_value(cur)
-        except BaseException as exc:
-            if (
-                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-                and not conn.closed
-            ):
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, psycopg.errors.UniqueViolation):
-                raise IntegrityError(str(exc.diag.constraint_name)) from None
-            raise
