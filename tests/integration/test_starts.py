@@ -155,14 +155,14 @@ def test_a_connection_that_died_while_idle_costs_no_start(
 ) -> None:
     batcher.start()
     assert isinstance(outcome(batcher.submit(a_start(app))), Admitted)
-    assert batcher._conn is not None
-    pid = batcher._conn.info.backend_pid
+    assert batcher._conn.current is not None
+    pid = batcher._conn.current.info.backend_pid
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     after = a_start(app)
     result = outcome(batcher.submit(after))
     assert isinstance(result, Admitted)
     assert result.position is not None
-    assert batcher._conn is not None
-    assert batcher._conn.info.backend_pid != pid
+    assert batcher._conn.current is not None
+    assert batcher._conn.current.info.backend_pid != pid
     assert len(app.turn_events(after[0].originator_id)) == 1

@@ -6,7 +6,8 @@ these calls on its bounded executor.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 from uuid import UUID
 
@@ -53,6 +54,27 @@ def event_store_env(database_url: str, schema: str, pool_size: int = 10) -> dict
 def ensure_schema(database_url: str, schema: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+
+
+class OwnConnection:
+    """A long-lived worker's own connection (the writer's, the start batcher's): opened
+    when first needed, and after :meth:`reset` (a failure) opened afresh next time."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self.current: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self.current is None or self.current.closed:
+            self.current = self._connect()
+        return self.current
+
+    def reset(self) -> None:
+        """Close it (also to stop); the next :meth:`get` connects again."""
+        if self.current is not None:
+            conn, self.current = self.current, None
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
 
 class TurnstreamApplication(Application[UUID]):

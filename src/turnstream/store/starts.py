@@ -12,7 +12,6 @@ its starts are then recorded one by one, so only the one that conflicts fails.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from eventsourcing.persistence import IntegrityError
 
 from turnstream.domain.errors import ServiceUnavailable
 from turnstream.store.admission import Admitted
+from turnstream.store.application import OwnConnection
 from turnstream.store.recorder import Start, TurnstreamRecorder
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,13 @@ class StartBatcher:
         max_batch: int = MAX_BATCH,
     ) -> None:
         self.recorder = recorder
-        self.connect = connect
         self.max_batch = max_batch
         self.batches = 0
         self._cond = threading.Condition()
         self._pending: list[tuple[Start, Future[Admitted]]] = []
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="turnstream-starts", daemon=True)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn = OwnConnection(connect)
 
     def submit(self, start: Start) -> Future[Admitted]:
         """Queue a start; its future holds what the store answered (or the error)."""
@@ -75,8 +74,7 @@ class StartBatcher:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._conn is not None:
-            self._conn.close()
+        self._conn.reset()
 
     def _run(self) -> None:
         while True:
@@ -93,18 +91,18 @@ class StartBatcher:
         starts = [start for start, _ in batch]
         try:
             try:
-                results = self.recorder.start_turns(self._connection(), starts)
+                results = self.recorder.start_turns(self._conn.get(), starts)
             except psycopg.OperationalError:
                 # Often a connection that died while idle (PostgreSQL restarted): on a
                 # new one, the batch again, unless it was committed before the line
                 # dropped.
-                self._reset()
+                self._conn.reset()
                 results = self._again(starts)
         except IntegrityError:
             self._record_each(batch)
             return
         except BaseException as exc:
-            self._reset()
+            self._conn.reset()
             for _, future in batch:
                 future.set_exception(exc)
             return
@@ -113,7 +111,7 @@ class StartBatcher:
             future.set_result(result)
 
     def _again(self, starts: list[Start]) -> list[Admitted]:
-        conn = self._connection()
+        conn = self._conn.get()
         ids = [UUID(str(event.originator_id)) for event, *_ in starts]
         stored = self.recorder.started_positions(conn, ids)
         if not stored:
@@ -126,19 +124,8 @@ class StartBatcher:
         """One start of the batch conflicts: each alone, so the others still start."""
         for start, future in batch:
             try:
-                future.set_result(self.recorder.start_turn(self._connection(), *start))
+                future.set_result(self.recorder.start_turn(self._conn.get(), *start))
             except BaseException as exc:
                 if not isinstance(exc, IntegrityError):
-                    self._reset()
+                    self._conn.reset()
                 future.set_exception(exc)
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self.connect()
-        return self._conn
-
-    def _reset(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None

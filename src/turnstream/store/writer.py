@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -30,7 +29,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 
 from turnstream.domain.progress import DeltaDraft, Draft, merge_deltas
 from turnstream.domain.turn import Turn, TurnEvent
-from turnstream.store.application import TurnstreamApplication
+from turnstream.store.application import OwnConnection, TurnstreamApplication
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class GroupWriter:
         self._versions: dict[UUID, int] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="turnstream-writer", daemon=True)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn = OwnConnection(app.connect)
 
     # Called from the event loop.
 
@@ -108,8 +107,7 @@ class GroupWriter:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._conn is not None:
-            self._conn.close()
+        self._conn.reset()
 
     # The writer thread.
 
@@ -188,7 +186,7 @@ class GroupWriter:
                 self._write_each(events)
                 return
             except psycopg.OperationalError as exc:
-                self._reset()
+                self._conn.reset()
                 attempt += 1
                 self.stats.failures += 1
                 if self._already_stored(events):
@@ -202,7 +200,7 @@ class GroupWriter:
             return
 
     def _commit(self, events: Sequence[TurnEvent], ended: Sequence[UUID]) -> int:
-        conn = self._connection()
+        conn = self._conn.get()
         stored = [self.app.encode_row(e) for e in events]
         t0 = time.perf_counter()
         deltas = all(type(e) in DELTA_EVENTS for e in events)
@@ -240,15 +238,3 @@ class GroupWriter:
         except (OperationalError, InterfaceError):  # still down; the caller retries
             return False
         return bool(stored) and stored[0].state == self.app.encode_row(last)[3]
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self.app.connect()
-        return self._conn
-
-    def _reset(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
