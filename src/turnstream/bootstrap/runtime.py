@@ -129,7 +129,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.starts.stop)  # a start now: 503, try elsewhere
         await self.registry.drain(self.settings.turns.shutdown_grace_s)
-        await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        await loop.run_in_executor(None, self.writer.stop)
         # The relay publishes what the last commits stored, then stops; whatever it
         # cannot, the next active relay publishes (it resumes from the stream).
         if self._relay is not None:

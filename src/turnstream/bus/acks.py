@@ -73,20 +73,15 @@ class AckInbox:
         return found
 
     async def take(self, token: int) -> Ack:
-        """The ack of the publish ``token``, once it is in (the caller bounds the wait); a
-        publish JetStream refused raises its ``APIError`` here."""
-        found = self._acks.pop(token, None)
-        if found is None:
-            self._waiting = token
-            try:
-                while (found := self._acks.pop(token, None)) is None:
-                    self._arrived.clear()
-                    await self._arrived.wait()
-            finally:
-                self._waiting = -1
-        if isinstance(found, Exception):
-            raise found
-        return found
+        """:meth:`poll`, waiting until the ack is in (the caller bounds the wait)."""
+        try:
+            while (ack := self.poll(token)) is None:
+                self._waiting = token
+                self._arrived.clear()
+                await self._arrived.wait()
+        finally:
+            self._waiting = -1
+        return ack
 
     async def _on_ack(self, msg: Msg) -> None:
         try:

@@ -60,6 +60,7 @@ class Reader:
             " AND (e.originator_id = %s OR e.originator_id IN"
             " (SELECT turn_id FROM {} WHERE conversation_id = %s))"
         ).format(app.store.index_table)
+        self._topics = {name: list(p.topics) for name, p in PROJECTIONS.items()}
         # Every statement rendered once: composing one on each call cost a turn's start
         # about as much Python as its reads.
         self._pending = {name: render(pending_sql(name, SQL(""))) for name in PROJECTIONS}
@@ -110,7 +111,7 @@ class Reader:
         """(the view's position, the last relevant event after it, or None); with
         ``conversation_id``, of that conversation and its turns only: what a read of it
         must wait for, and nothing of anyone else's."""
-        params: tuple[Any, ...] = (APP_NAME, list(PROJECTIONS[name].topics))
+        params: tuple[Any, ...] = (APP_NAME, self._topics[name])
         query = self._pending[name]
         if conversation_id is not None:
             params += (conversation_id, conversation_id)
@@ -138,15 +139,8 @@ class Reader:
         ):
             with conn.pipeline():
                 if pending:
-                    lag.execute(
-                        self._pending_of["tree"],
-                        (
-                            APP_NAME,
-                            list(PROJECTIONS["tree"].topics),
-                            conversation_id,
-                            conversation_id,
-                        ),
-                    )
+                    params = (APP_NAME, self._topics["tree"], conversation_id, conversation_id)
+                    lag.execute(self._pending_of["tree"], params)
                 rows.execute(self._conversation, (conversation_id,))
                 messages.execute(self._messages, (conversation_id,))
             behind = None

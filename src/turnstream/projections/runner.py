@@ -124,18 +124,12 @@ class Batch:
             rows = cur.fetchall()
         head = int(rows[0][0])
         to_domain = self.app.mapper.to_domain_event
-        events = [
-            (
-                cast(
-                    DomainEvent,
-                    to_domain(Notification(id=r[1], originator_id=r[2], originator_version=r[3],
-                                           topic=r[4], state=bytes(r[5]))),
-                ),
-                int(r[1]),
-            )
-            for r in rows
-            if r[1] is not None
-        ]  # fmt: skip
+        events: list[tuple[DomainEvent, int]] = []
+        for _, at, originator_id, version, topic, state in rows:
+            if at is None:  # the head's row alone: no event after ``after``
+                continue
+            n = Notification(originator_id, version, topic, bytes(state), at)
+            events.append((cast(DomainEvent, to_domain(n)), int(at)))
         return head, events
 
     def apply_active(

@@ -59,9 +59,12 @@ class ReadModel:
         users' turns never holds it up.
         """
         _, pending = await self.gateway.run(self.reader.pending, name, conversation_id)
-        if pending is None:
-            return
-        if not await self.positions.wait(name, pending, self.wait_s):
+        if pending is not None:
+            await self._reach(name, pending)
+
+    async def _reach(self, name: str, position: int) -> None:
+        """Wait until projection ``name`` holds ``position`` (503 if it does not in time)."""
+        if not await self.positions.wait(name, position, self.wait_s):
             raise ServiceUnavailable("The read model is catching up; try again shortly.")
 
     async def tree(
@@ -72,8 +75,7 @@ class ReadModel:
         view holds them already, as it mostly does."""
         behind, row, messages = await self.gateway.run(self.reader.tree, conversation_id)
         if behind is not None:
-            if not await self.positions.wait("tree", behind, self.wait_s):
-                raise ServiceUnavailable("The read model is catching up; try again shortly.")
+            await self._reach("tree", behind)
             _, row, messages = await self.gateway.run(
                 self.reader.tree, conversation_id, pending=False
             )
