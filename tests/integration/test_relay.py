@@ -17,7 +17,7 @@ from psycopg.rows import tuple_row
 from tests.api.test_relay import assert_exactly_the_store
 from tests.conftest import NatsTarget
 from tests.support.events import a_conversation
-from tests.support.jetstream import stored_events, stream_messages
+from tests.support.jetstream import StreamMessage, stored_events, stream_messages
 from turnstream.bootstrap import build_application
 from turnstream.bus.acks import AckInbox
 from turnstream.bus.envelope import EXPECTED_LAST_SEQ, POSITION
@@ -167,14 +167,21 @@ async def test_a_stream_that_belongs_to_another_store_is_refused(
     )
 
 
-async def test_a_stale_publish_can_neither_duplicate_nor_reorder_the_stream(
+async def relay_a_conversation(
     app: TurnstreamApplication, nats_target: NatsTarget, database_url: str, db_schema: str
-) -> None:
+) -> list[StreamMessage]:
+    """Store a conversation, relay it, and return the stream's messages."""
     settings = settings_for(nats_target, database_url, db_schema)
     head = write(app, a_conversation())
     async with relay_on(app, settings) as running:
         await running.caught_up(head)
-    relayed = await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix)
+    return await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix)
+
+
+async def test_a_stale_publish_can_neither_duplicate_nor_reorder_the_stream(
+    app: TurnstreamApplication, nats_target: NatsTarget, database_url: str, db_schema: str
+) -> None:
+    relayed = await relay_a_conversation(app, nats_target, database_url, db_schema)
     last = relayed[-1]
     # A publish left over from a dead relay: the last event again, expecting the
     # sequence it was published after. Past any duplicate window, the expected
@@ -202,11 +209,7 @@ async def test_a_stale_publish_can_neither_duplicate_nor_reorder_the_stream(
 async def test_the_relay_s_inbox_hands_each_ack_to_its_publish_and_each_refusal_too(
     app: TurnstreamApplication, nats_target: NatsTarget, database_url: str, db_schema: str
 ) -> None:
-    settings = settings_for(nats_target, database_url, db_schema)
-    head = write(app, a_conversation())
-    async with relay_on(app, settings) as running:
-        await running.caught_up(head)
-    relayed = await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix)
+    relayed = await relay_a_conversation(app, nats_target, database_url, db_schema)
     last = relayed[-1]
     nc = await nats.connect(nats_target.url)
     acks = AckInbox(nc)

@@ -10,10 +10,9 @@ import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
+from tests.support.events import a_started
 from turnstream.bootstrap import build_application
 from turnstream.domain.errors import ServiceUnavailable
-from turnstream.domain.events import utcnow
-from turnstream.domain.turn import Turn
 from turnstream.ids import uuid7
 from turnstream.settings import Settings
 from turnstream.store.admission import Admission, Admitted
@@ -47,21 +46,8 @@ def a_start(
     turn_id: UUID | None = None,
     max_running: int = 0,
 ) -> Start:
-    started = Turn.Started(
-        originator_id=turn_id or uuid7(),
-        originator_version=1,
-        timestamp=utcnow(),
-        conversation_id=conversation_id or uuid7(),
-        tenant="t",
-        user_id=user,
-        node_id=NODE,
-        mode="message",
-        user_message_id=uuid7(),
-        assistant_message_id=uuid7(),
-        parent_id=None,
-        model="demo",
-        content="hi",
-    )
+    overrides = {"conversation_id": conversation_id} if conversation_id else {}
+    started = a_started(tenant="t", user_id=user, node_id=NODE, turn_id=turn_id, **overrides)
     admission = Admission(tenant="t", user_id=user, max_running=max_running)
     return (app.encode(started), started.conversation_id, NODE, admission)
 
