@@ -21,7 +21,7 @@ from turnstream.http.clients import parse_networks
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
 from turnstream.http.routes import conversations, operations, turns, usage
-from turnstream.settings import GuestSettings, ServerSettings
+from turnstream.settings import GuestSettings, ServerSettings, SseSettings
 from turnstream.usecases.services import Services
 
 Hook = Callable[[], Awaitable[None]]
@@ -50,6 +50,7 @@ def create_app(
     jwt_secret: str,
     server: ServerSettings,
     guests: GuestSettings,
+    sse: SseSettings,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
 ) -> Litestar:
@@ -87,5 +88,6 @@ def create_app(
     app.state.jwt_secret = jwt_secret
     app.state.trusted_proxies = parse_networks(server.trusted_proxies)
     app.state.guests = guests
+    app.state.sse = sse
     app.state.metrics = services.metrics
     return app
