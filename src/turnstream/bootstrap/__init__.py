@@ -37,6 +37,7 @@ from turnstream.store.limits import RateLimiter
 from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.admission import TurnStarter
+from turnstream.usecases.chats import Chats
 from turnstream.usecases.commits import CommitFeed
 from turnstream.usecases.control import TurnControl
 from turnstream.usecases.conversations import Conversations, ReadModel
@@ -203,6 +204,7 @@ def assemble(
     )
     services = Services(
         conversations=conversations,
+        chats=Chats(conversations=conversations),
         turns=TurnStarter(
             app=app,
             gateway=gateway,

@@ -20,7 +20,7 @@ from turnstream.http.bodies import BODIES, StrictRequest
 from turnstream.http.clients import parse_networks
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
-from turnstream.http.routes import conversations, operations, turns, usage
+from turnstream.http.routes import chat, conversations, operations, turns, usage
 from turnstream.settings import GuestSettings, ServerSettings, SseSettings
 from turnstream.usecases.services import Services
 
@@ -57,7 +57,7 @@ def create_app(
     """The Litestar app over ``services``; ``on_startup``/``on_shutdown`` run the node."""
     v1 = Router(
         path="/v1",
-        route_handlers=[*conversations.ROUTES, *turns.ROUTES, *usage.ROUTES],
+        route_handlers=[*conversations.ROUTES, *turns.ROUTES, *chat.ROUTES, *usage.ROUTES],
         dependencies={"caller": Provide(provide_caller), "services": Provide(provide_services)},
         security=[{"bearer": []}],
     )
