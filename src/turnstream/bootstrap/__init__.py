@@ -81,6 +81,7 @@ def http_app(container: Container) -> Litestar:
         jwt_secret=container.jwt_secret,
         server=settings.server,
         guests=settings.guests,
+        browsers=settings.browsers,
         on_startup=container.runtime.start,
         on_shutdown=container.runtime.stop,
     )

@@ -18,10 +18,11 @@ from litestar.openapi.spec import Components, OpenAPI, RequestBody, SecuritySche
 
 from turnstream.http.bodies import BODIES, StrictRequest
 from turnstream.http.clients import parse_networks
+from turnstream.http.cors import cors_config
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
 from turnstream.http.routes import conversations, operations, turns, usage
-from turnstream.settings import GuestSettings, ServerSettings
+from turnstream.settings import BrowserSettings, GuestSettings, ServerSettings
 from turnstream.usecases.services import Services
 
 Hook = Callable[[], Awaitable[None]]
@@ -50,6 +51,7 @@ def create_app(
     jwt_secret: str,
     server: ServerSettings,
     guests: GuestSettings,
+    browsers: BrowserSettings,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
 ) -> Litestar:
@@ -67,6 +69,7 @@ def create_app(
         on_startup=[on_startup] if on_startup else [],
         on_shutdown=[on_shutdown] if on_shutdown else [],
         request_max_body_size=server.max_body_bytes,
+        cors_config=cors_config(browsers),
         openapi_config=OpenAPIConfig(
             title="turnstream",
             version="1",
