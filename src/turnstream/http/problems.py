@@ -64,7 +64,9 @@ ERRORS: dict[type[TurnstreamError], Answer] = {
     ),
     UnknownModel: Answer(400, "Unknown model", "the request names a model not configured"),
     Unauthorized: Answer(401, "Unauthorized", "no valid bearer token"),
-    NotFound: Answer(404, "Not found", "nothing by that path (or guests are off)"),
+    NotFound: Answer(
+        404, "Not found", "nothing by that path (or no guests for that tenant, or none at all)"
+    ),
     ConversationNotFound: Answer(
         404,
         "Conversation not found",
