@@ -91,4 +91,5 @@ def create_app(
     app.state.trusted_proxies = parse_networks(server.trusted_proxies)
     app.state.guests = guests
     app.state.metrics = services.metrics
+    app.state.metrics_token = server.metrics_token
     return app
