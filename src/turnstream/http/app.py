@@ -22,6 +22,7 @@ from turnstream.http.cors import cors_config
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
 from turnstream.http.routes import conversations, operations, turns, usage
+from turnstream.http.tickets import provide_stream_caller
 from turnstream.settings import BrowserSettings, GuestSettings, ServerSettings
 from turnstream.usecases.services import Services
 
@@ -59,7 +60,11 @@ def create_app(
     v1 = Router(
         path="/v1",
         route_handlers=[*conversations.ROUTES, *turns.ROUTES, *usage.ROUTES],
-        dependencies={"caller": Provide(provide_caller), "services": Provide(provide_services)},
+        dependencies={
+            "caller": Provide(provide_caller),
+            "stream_caller": Provide(provide_stream_caller),
+            "services": Provide(provide_services),
+        },
         security=[{"bearer": []}],
     )
     app = Litestar(
@@ -92,4 +97,5 @@ def create_app(
     app.state.guests = guests
     app.state.metrics = services.metrics
     app.state.metrics_token = server.metrics_token
+    app.state.stream_ticket_ttl_s = browsers.stream_ticket_ttl_s
     return app

@@ -21,6 +21,7 @@ from turnstream.http.dependencies import (
     sse,
 )
 from turnstream.http.params import MAX_SEQ
+from turnstream.http.tickets import StreamCaller
 from turnstream.usecases.services import Services
 
 
@@ -52,7 +53,7 @@ async def start_turn(
 )
 async def turn_events(
     services: Services,
-    caller: Caller,
+    stream_caller: StreamCaller,
     cid: UUID,
     tid: UUID,
     last_event_id: LastEventId = None,
@@ -61,6 +62,7 @@ async def turn_events(
         count_param("The last seq the client has.", minimum=0, maximum=MAX_SEQ),
     ] = None,
 ) -> Stream:
+    caller = stream_caller.check_ticket_scope(cid)
     start = resume_from(last_event_id, after)
     await services.conversations.turn(caller, cid, tid, read=True)
     return sse(services.follower.follow(caller.tenant, cid, tid, start))
@@ -74,8 +76,9 @@ async def turn_events(
     responses={204: ResponseSpec(None, description="No turn is running.")},
 )
 async def active_stream(
-    services: Services, caller: Caller, cid: UUID, last_event_id: LastEventId = None
+    services: Services, stream_caller: StreamCaller, cid: UUID, last_event_id: LastEventId = None
 ) -> Response[Any]:
+    caller = stream_caller.check_ticket_scope(cid)
     start = resume_from(last_event_id)
     turn_id = await services.conversations.active_turn(caller, cid)
     if turn_id is None:
