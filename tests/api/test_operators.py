@@ -29,7 +29,7 @@ def test_with_a_metrics_token_only_its_bearer_reads_the_metrics(
         "no scheme": {"Authorization": TOKEN},
         "basic": {"Authorization": f"Basic {TOKEN}"},
         "a user's token": server.headers(),
-        "not ascii": {"Authorization": "Bearer sécret".encode()},  # type: ignore[dict-item]
+        "not ascii": {"Authorization": "Bearer sécret".encode()},
     }
     for name, headers in refused.items():
         r = httpx.get(url, headers=headers)
