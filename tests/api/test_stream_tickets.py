@@ -191,7 +191,7 @@ def test_the_openapi_documents_the_ticket_on_the_stream_routes_only(
     assert with_ticket == {
         ("get", "/v1/conversations/{cid}/turns/{tid}/events"),
         ("get", "/v1/conversations/{cid}/stream"),
-        ("get", "/v1/chat/{chat_id}/stream"),
+        ("get", "/v1/chat/{id}/stream"),
     }
     created = paths["/v1/conversations/{cid}/stream-tickets"]["post"]["responses"]
     assert {"201", "401", "404"} <= set(created)

@@ -108,7 +108,7 @@ async def chat(
 
 
 @get(
-    "/chat/{chat_id:str}/stream",
+    "/chat/{id:str}/stream",
     tags=["chat"],
     summary="The running turn of a chat as a UI message stream; 204 when none runs",
     media_type=EVENT_STREAM,
@@ -118,9 +118,10 @@ async def chat_stream(
     request: Request[Any, Any, Any],
     services: Services,
     stream_caller: StreamCaller,
-    chat_id: str,
+    id: str,  # the path's name, as the AI SDK's transport builds it
     last_event_id: LastEventId = None,
 ) -> Response[Any]:
+    chat_id = id
     after = resume_from(last_event_id)
     cid = await services.chats.find(stream_caller.caller, chat_id, read=True)
     if cid is None and stream_caller.conversation_id is not None:
@@ -146,12 +147,13 @@ class ChatStop(msgspec.Struct, kw_only=True):
 
 
 @post(
-    "/chat/{chat_id:str}/stop",
+    "/chat/{id:str}/stop",
     tags=["chat"],
     summary="Stop a chat's running turn, whichever node runs it (idempotent)",
     status_code=HTTP_202_ACCEPTED,
 )
-async def stop_chat(services: Services, caller: Caller, chat_id: str) -> ChatStop:
+async def stop_chat(services: Services, caller: Caller, id: str) -> ChatStop:
+    chat_id = id
     cid = await services.chats.find(caller, chat_id)
     turn_id = None if cid is None else await services.conversations.active_turn(caller, cid)
     if cid is None or turn_id is None:
