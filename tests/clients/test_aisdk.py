@@ -33,7 +33,8 @@ FAST = {"TURNSTREAM_DEMO_TOKENS": "24", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"}
 # About 3 s of answer after the first text delta: time to stop, drop or resume mid-turn.
 SLOW = {"TURNSTREAM_DEMO_TOKENS": "60", "TURNSTREAM_DEMO_TOKENS_PER_S": "20"}
 
-# The chunk types the spec names for a turn: all known to every client.
+# The chunk types a turn may send: all known to every client (5.0.0's strict parser has
+# them all; its others are tools, sources and files).
 TURN_CHUNKS = {
     "start",
     "start-step",
@@ -46,6 +47,7 @@ TURN_CHUNKS = {
     "data-title",
     "finish-step",
     "finish",
+    "message-metadata",
     "error",
     "abort",
 }
