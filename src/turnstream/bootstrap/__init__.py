@@ -25,7 +25,6 @@ from turnstream.bus.nats import NatsLink
 from turnstream.bus.relay import Relay
 from turnstream.http.app import create_app
 from turnstream.http.auth import resolve_secret
-from turnstream.http.sse import PING, encode_frame
 from turnstream.metrics import Metrics
 from turnstream.projections.reader import Positions, Reader
 from turnstream.projections.registry import ensure_projections
@@ -38,6 +37,7 @@ from turnstream.store.limits import RateLimiter
 from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.admission import TurnStarter
+from turnstream.usecases.chats import Chats
 from turnstream.usecases.commits import CommitFeed
 from turnstream.usecases.control import TurnControl
 from turnstream.usecases.conversations import Conversations, ReadModel
@@ -81,6 +81,7 @@ def http_app(container: Container) -> Litestar:
         jwt_secret=container.jwt_secret,
         server=settings.server,
         guests=settings.guests,
+        sse=settings.sse,
         on_startup=container.runtime.start,
         on_shutdown=container.runtime.stop,
     )
@@ -157,8 +158,7 @@ def assemble(
     metrics = Metrics()
     gateway = StoreGateway(app)
     registry = RunningTurns()
-    encode = functools.partial(encode_frame, padding=settings.sse.padding)
-    bus = LocalBus(encode)
+    bus = LocalBus()
     commits_feed = CommitFeed(bus=bus, registry=registry, metrics=metrics)
     writer = GroupWriter(
         app,
@@ -204,6 +204,7 @@ def assemble(
     )
     services = Services(
         conversations=conversations,
+        chats=Chats(conversations=conversations),
         turns=TurnStarter(
             app=app,
             gateway=gateway,
@@ -224,8 +225,6 @@ def assemble(
             bus=bus,
             link=link,
             metrics=metrics,
-            encode=encode,
-            ping=PING,
             sse=settings.sse,
             turns=settings.turns,
             subject_prefix=settings.nats.subject_prefix,

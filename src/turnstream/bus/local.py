@@ -1,15 +1,16 @@
-"""The in-process bus: committed turn events to the SSE readers on this node.
+"""The in-process bus: committed turn events to the readers on this node.
 
-The writer hands each committed batch over once; every event is encoded to its SSE
-frame once and put on the queue of every reader of that turn. A reader subscribes
-before it reads the store, and drops what it has already sent by ``seq``, so the
-switch from stored to live has no gap and no repeat.
+The writer hands each committed batch over once; every event is put on the queue of
+every reader of that turn. A reader subscribes before it reads the store, and drops
+what it has already sent by ``seq``, so the switch from stored to live has no gap and
+no repeat. Readers get events, not bytes: each wire format (the SSE frames, the AI
+SDK's UI message stream) encodes them in its own adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 from uuid import UUID
 
@@ -19,20 +20,17 @@ from turnstream.domain.turn import TurnEvent
 class Frame(NamedTuple):
     seq: int
     terminal: bool
-    data: bytes
+    event: TurnEvent
 
 
-FrameEncoder = Callable[[TurnEvent], bytes]
+def frame(event: TurnEvent) -> Frame:
+    return Frame(event.originator_version, event.TERMINAL, event)
 
 
 class LocalBus:
-    def __init__(self, encode: FrameEncoder) -> None:
-        self._encode = encode
+    def __init__(self) -> None:
         self._readers: dict[UUID, set[asyncio.Queue[Frame]]] = {}
         self._running: set[UUID] = set()
-
-    def frame(self, event: TurnEvent) -> Frame:
-        return Frame(event.originator_version, event.TERMINAL, self._encode(event))
 
     def open(self, turn_id: UUID) -> None:
         """This node runs the turn: its readers are fed from here, not by polling."""
@@ -61,9 +59,9 @@ class LocalBus:
             readers = self._readers.get(turn_id)
             if not readers:
                 continue
-            frame = self.frame(event)
+            item = frame(event)
             for queue in readers:
-                queue.put_nowait(frame)
+                queue.put_nowait(item)
 
     def lost(self, turn_id: UUID) -> None:
         self._running.discard(turn_id)

@@ -44,6 +44,9 @@ class TurnRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The same id on the same conversation is the same turn (idempotent retries)."""
     model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     """Another configured model for this turn than the conversation's."""
+    client_message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    """``message``, ``edit``: the client's own id of the new user message, kept in the
+    tree beside ours (``client_id``)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ def _content(request: TurnRequest) -> str:
 def _no_content(request: TurnRequest) -> None:
     if request.content is not None:
         raise Invalid(f"Mode {request.mode!r} takes no 'content'.")
+    if request.client_message_id is not None:
+        raise Invalid(f"Mode {request.mode!r} makes no user message: no 'client_message_id'.")
 
 
 def plan_turn(request: TurnRequest, messages: dict[UUID, Row], leaf: UUID | None) -> TurnPlan:

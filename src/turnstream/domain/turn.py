@@ -68,6 +68,8 @@ class Turn:
         """For ``continue``: the text the answer extends."""
         reasoning_prefix: str = ""
         """For ``continue``: the reasoning the answer had so far."""
+        client_message_id: str | None = None
+        """The client's own id of the user message (a chat client's, e.g. the AI SDK's)."""
 
     class ReasoningAppended(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.reasoning_appended.v1"
@@ -184,6 +186,7 @@ class Turn:
         content: str = "",
         prefix: str = "",
         reasoning_prefix: str = "",
+        client_message_id: str | None = None,
         at: datetime | None = None,
     ) -> Turn.Started:
         """A new turn: its first event. A mode that adds a user message has its id."""
@@ -207,6 +210,7 @@ class Turn:
             content=content,
             prefix=prefix,
             reasoning_prefix=reasoning_prefix,
+            client_message_id=client_message_id if user_message_id is not None else None,
         )
 
     def lose_runner(self, at: datetime | None = None) -> Turn.Failed:

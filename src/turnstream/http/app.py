@@ -20,8 +20,8 @@ from turnstream.http.bodies import BODIES, StrictRequest
 from turnstream.http.clients import parse_networks
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
-from turnstream.http.routes import conversations, operations, turns, usage
-from turnstream.settings import GuestSettings, ServerSettings
+from turnstream.http.routes import chat, conversations, operations, turns, usage
+from turnstream.settings import GuestSettings, ServerSettings, SseSettings
 from turnstream.usecases.services import Services
 
 Hook = Callable[[], Awaitable[None]]
@@ -50,13 +50,14 @@ def create_app(
     jwt_secret: str,
     server: ServerSettings,
     guests: GuestSettings,
+    sse: SseSettings,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
 ) -> Litestar:
     """The Litestar app over ``services``; ``on_startup``/``on_shutdown`` run the node."""
     v1 = Router(
         path="/v1",
-        route_handlers=[*conversations.ROUTES, *turns.ROUTES, *usage.ROUTES],
+        route_handlers=[*conversations.ROUTES, *turns.ROUTES, *chat.ROUTES, *usage.ROUTES],
         dependencies={"caller": Provide(provide_caller), "services": Provide(provide_services)},
         security=[{"bearer": []}],
     )
@@ -87,5 +88,6 @@ def create_app(
     app.state.jwt_secret = jwt_secret
     app.state.trusted_proxies = parse_networks(server.trusted_proxies)
     app.state.guests = guests
+    app.state.sse = sse
     app.state.metrics = services.metrics
     return app

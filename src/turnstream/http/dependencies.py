@@ -3,6 +3,7 @@ client's address, and the strictly read resume point of a stream."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,10 +12,12 @@ from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from turnstream.domain.callers import Caller
+from turnstream.domain.turn import TurnEvent
 from turnstream.http.auth import verify
 from turnstream.http.clients import client_address
 from turnstream.http.params import MAX_SEQ, decimal
-from turnstream.http.sse import HEADERS
+from turnstream.http.sse import HEADERS, sse_frames
+from turnstream.settings import SseSettings
 from turnstream.usecases.services import Services
 
 EVENT_STREAM = "text/event-stream"
@@ -71,3 +74,33 @@ def resume_from(last_event_id: str | None, after: str | None = None) -> int:
 
 def sse(frames: AsyncIterator[bytes]) -> Stream:
     return Stream(frames, media_type=EVENT_STREAM, headers=HEADERS)
+
+
+def sse_settings(request: Request[Any, Any, Any]) -> SseSettings:
+    settings: SseSettings = request.app.state.sse
+    return settings
+
+
+def stream_deadline(request: Request[Any, Any, Any]) -> float | None:
+    """When a resumable GET stream ends on purpose (``TURNSTREAM_SSE_MAX_STREAM_S``), as a
+    ``time.monotonic()`` deadline; None: it runs to the turn's end."""
+    max_s = sse_settings(request).max_stream_s
+    return time.monotonic() + max_s if max_s > 0 else None
+
+
+RETRY_MS = 250
+"""How soon a browser reconnects after a stream that ended on purpose."""
+
+
+def turn_sse(
+    request: Request[Any, Any, Any],
+    events: AsyncIterator[TurnEvent | None],
+    *,
+    resumable: bool = False,
+) -> Stream:
+    """A followed turn as SSE frames. ``resumable``: a GET stream an ``EventSource``
+    reconnects to by itself, which therefore may end on purpose and says how soon to
+    come back."""
+    settings = sse_settings(request)
+    retry = RETRY_MS if resumable and settings.max_stream_s > 0 else None
+    return sse(sse_frames(events, padding=settings.padding, retry_ms=retry))

@@ -15,7 +15,7 @@ filler is URL-safe base64 text, which JSON never escapes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -110,11 +110,25 @@ def encode_frame(event: TurnEvent, *, padding: bool) -> bytes:
     fields = data_of(event)
     data = _json.encode({"seq": seq, "turn_id": str(event.originator_id), **fields})
     if padding and type(event) in PADDED:
-        data = data[:-1] + b',"p":"' + _filler(fields["text"]).encode() + b'"}'
+        data = data[:-1] + b',"p":"' + filler(fields["text"]).encode() + b'"}'
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name.encode(), data)
 
 
-def _filler(text: str) -> str:
+async def sse_frames(
+    items: AsyncIterator[TurnEvent | None], *, padding: bool, retry_ms: int | None = None
+) -> AsyncIterator[bytes]:
+    """The SSE body of a followed turn: a frame per event, ``: ping`` for each None.
+
+    ``retry_ms``: first tell the client how soon to reconnect (a stream that ends on
+    purpose before the turn does; the browser then resumes from its ``Last-Event-ID``).
+    """
+    if retry_ms is not None:
+        yield b"retry: %d\n\n" % retry_ms
+    async for item in items:
+        yield PING if item is None else encode_frame(item, padding=padding)
+
+
+def filler(text: str) -> str:
     """Filler that pads ``text``'s JSON length to its room, plus a random extra."""
     size = len(_json.encode(text)) - 2  # as it is in the frame: escaped, without quotes
     room = max(PAD_ROOM, -(-size // PAD_STEP) * PAD_STEP)

@@ -110,6 +110,10 @@ class ViewStore(PostgresTrackingRecorder):
             self.sql_create_statements.append(
                 SQL("CREATE TABLE IF NOT EXISTS {} (" + columns + ")").format(self.tables[table])
             )
+        for table, column in projection.added:
+            self.sql_create_statements.append(
+                SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS " + column).format(self.tables[table])
+            )
         for n, (table, columns) in enumerate(projection.indexes):
             self.sql_create_statements.append(
                 SQL("CREATE INDEX IF NOT EXISTS {} ON {} (" + columns + ")").format(
@@ -163,6 +167,9 @@ class BatchProjection(Projection[ViewStore]):
     topics: tuple[str, ...] = ()
     tables: ClassVar[dict[str, str]] = {}
     indexes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    added: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """Columns added to a table after its first release (table, column definition; each
+    also in ``tables``, last): a generation made before gets them where it is."""
     reads: ClassVar[tuple[str, ...]] = ()
     """Its tables that readers use, through views of the same name."""
 

@@ -89,6 +89,11 @@ def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
             active = {str(r[0]): int(r[1]) for r in rows}
             for name, projection in PROJECTIONS.items():
                 if name in active:
+                    if projection.added:  # columns this version added; the views show them
+                        gen = active[name]
+                        view = ViewStore(app.store.datastore, projection=projection, generation=gen)
+                        view.create_table()
+                        conn.execute(activate_sql(app, projection, gen))
                     continue
                 ViewStore(app.store.datastore, projection=projection, generation=1).create_table()
                 conn.execute(

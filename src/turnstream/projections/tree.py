@@ -42,7 +42,7 @@ class MessageTree(BatchProjection):
             " reasoning text NOT NULL, status text NOT NULL, model text,"
             " turn_id uuid NOT NULL, created_at timestamptz NOT NULL,"
             " prompt_tokens integer, completion_tokens integer, estimated boolean,"
-            " finish_reason text, error_code text"
+            " finish_reason text, error_code text, client_id text"
         ),
     }
     indexes = (
@@ -51,15 +51,16 @@ class MessageTree(BatchProjection):
         ("tree_messages", "turn_id"),
     )
     reads = ("tree_conversations", "tree_messages")
+    added = (("tree_messages", "client_id text"),)
 
     def changes(self, event: DomainEvent, position: int) -> list[Op]:
         if isinstance(event, Turn.Started):
             cid = event.conversation_id
             insert = self.q(
                 "INSERT INTO {tree_messages} (id, conversation_id, ordinal, parent_id, role, "
-                "content, reasoning, status, model, turn_id, created_at) SELECT %s, %s, %s, %s, "
-                "%s, %s, '', %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM {tree_conversations} WHERE"
-                " id = %s AND NOT deleted)"
+                "content, reasoning, status, model, turn_id, created_at, client_id) SELECT %s, %s,"
+                " %s, %s, %s, %s, '', %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM "
+                "{tree_conversations} WHERE id = %s AND NOT deleted)"
             )
             ops: list[Op] = []
             answer_parent = event.parent_id
@@ -79,6 +80,7 @@ class MessageTree(BatchProjection):
                             None,
                             event.originator_id,
                             event.timestamp,
+                            event.client_message_id,
                             cid,
                         ),
                     )
@@ -108,6 +110,7 @@ class MessageTree(BatchProjection):
                             event.model,
                             event.originator_id,
                             event.timestamp,
+                            None,
                             cid,
                         ),
                     )

@@ -30,6 +30,8 @@ class MessageView(msgspec.Struct, kw_only=True):
     children: list[UUID]
     created_at: datetime
     usage: TurnUsage | None = None
+    client_id: str | None = None
+    """The client's own id of a user message (a chat client's), beside ours."""
 
 
 class ActiveTurn(msgspec.Struct, kw_only=True):
@@ -99,6 +101,7 @@ def message_views(rows: list[dict[str, Any]]) -> list[MessageView]:
                 completion_tokens=r["completion_tokens"],
                 estimated=bool(r["estimated"]),
             ),
+            client_id=r.get("client_id"),
         )
         for r in rows
     ]

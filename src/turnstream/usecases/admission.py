@@ -18,6 +18,7 @@ from eventsourcing.persistence import IntegrityError
 
 from turnstream.bus.local import LocalBus
 from turnstream.domain.callers import Caller
+from turnstream.domain.chats import ChatTurn, chat_request
 from turnstream.domain.errors import (
     ConversationFull,
     InputTooLong,
@@ -98,13 +99,23 @@ class TurnStarter:
         self.runner = runner
 
     async def start(
-        self, caller: Caller, conversation_id: UUID, request: TurnRequest, *, client: str
+        self,
+        caller: Caller,
+        conversation_id: UUID,
+        request: TurnRequest | ChatTurn,
+        *,
+        client: str,
     ) -> StartedTurn:
         """Start a turn (or find the one its ``request_id`` started).
 
+        ``request``: a turn as our API asks for it, or as a chat client does (placed in
+        the tree here, from the same read of it).
         ``client``: the client's address, for the per-address rate limit.
         """
         conversation, stored = await self.reads.tree(caller, conversation_id)
+        if isinstance(request, ChatTurn):
+            tree = {m["id"]: m for m in stored}
+            request = chat_request(request, tree, conversation["current_leaf_id"])
         turn_id = stable_id(conversation_id, request.request_id) if request.request_id else uuid7()
         if request.request_id and await self._is_turn_of(turn_id, conversation_id):
             return StartedTurn(turn_id)
@@ -146,6 +157,7 @@ class TurnStarter:
             content=plan.content or "",
             prefix=plan.prefix,
             reasoning_prefix=plan.reasoning_prefix,
+            client_message_id=request.client_message_id,
         )
         worth = estimate + self.limits.output_worth(model, estimate)
         admission = self.limits.admission(caller, started, worth, client)

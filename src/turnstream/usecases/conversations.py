@@ -109,13 +109,21 @@ class Conversations:
         self.models = models
 
     async def create(
-        self, caller: Caller, *, model: str | None, title: str | None, system_prompt: str | None
+        self,
+        caller: Caller,
+        *,
+        model: str | None,
+        title: str | None,
+        system_prompt: str | None,
+        conversation_id: UUID | None = None,
     ) -> ConversationSummary:
+        """A new conversation of the caller's (``conversation_id``: with that id, which
+        must be new: a second create of it is the store's IntegrityError)."""
         model_id = model or default_model_id(self.models)
         if model_id not in self.models:
             raise UnknownModel(model_id)
         created = Conversation.create(
-            uuid7(),
+            conversation_id or uuid7(),
             tenant=caller.tenant,
             owner=caller.user_id,
             model=model_id,

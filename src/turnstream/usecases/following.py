@@ -6,8 +6,9 @@ before it reads the store, so nothing committed in between is missed, and drops 
 from this node's writer when the turn runs here, else from NATS (the relay's
 messages), with a store read as a safety net; with NATS away, the store is polled.
 
-The frames' wire format (SSE today) is chosen where the service is put together: the
-bus encodes each committed event once with it, for every reader of the turn.
+A reader gets the turn's events, and None for "nothing for a while" (a keep-alive):
+each wire format (the SSE frames, the AI SDK's UI message stream) is an adapter of the
+HTTP part that encodes them, over this one way of following a turn.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
 import msgspec
@@ -24,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from turnstream.bus.envelope import decode_envelope, event_of, turn_wildcard
-from turnstream.bus.local import Frame, LocalBus
+from turnstream.bus.local import Frame, LocalBus, frame
 from turnstream.bus.nats import NatsLink
 from turnstream.domain.errors import ServiceUnavailable
 from turnstream.domain.turn import TurnEvent
@@ -52,8 +53,6 @@ class Follower:
         bus: LocalBus,
         link: NatsLink | None,
         metrics: Metrics,
-        encode: Callable[[TurnEvent], bytes],
-        ping: bytes,
         sse: SseSettings,
         turns: TurnSettings,
         subject_prefix: str,
@@ -63,8 +62,6 @@ class Follower:
         self.bus = bus
         self.link = link
         self.metrics = metrics
-        self.encode = encode
-        self.ping = ping
         self.ping_every_s = sse.ping_interval_s
         self.remote_poll_s = turns.remote_poll_interval_s
         self.store_poll_s = turns.store_poll_interval_s
@@ -77,12 +74,17 @@ class Follower:
         turn_id: UUID,
         after: int = 0,
         known: Sequence[TurnEvent] = (),
-    ) -> AsyncIterator[bytes]:
-        """The turn's frames after ``after``, then live until its terminal frame.
+        *,
+        until: float | None = None,
+    ) -> AsyncIterator[TurnEvent | None]:
+        """The turn's events after ``after``, then live until its terminal event; None
+        after ``ping_interval_s`` without one (the adapter sends a keep-alive).
 
         ``known``: committed events of the turn the caller holds (a start's
         ``turn.started``); those that continue ``after`` are sent without a store read,
         one round trip less before a new turn's first frame.
+        ``until``: a ``time.monotonic()`` deadline; the reader stops there, wherever the
+        turn is (a stream that ends on purpose, resumed by its client).
         """
         run, bus = self.gateway.run, self.bus
         queue = bus.subscribe(turn_id)
@@ -97,7 +99,7 @@ class Follower:
                 events = await run(self.app.turn_events, turn_id, last) if from_store else held
                 held = []
                 for event in events:
-                    yield self.encode(event)
+                    yield event
                     last = event.originator_version
                     if event.TERMINAL:
                         return
@@ -110,27 +112,32 @@ class Follower:
                 # Live: frames from the local writer, or a store poll for a turn
                 # that runs elsewhere (or whose runner is gone).
                 while True:
-                    wait = self.ping_every_s - (time.monotonic() - last_sent)
+                    now = time.monotonic()
+                    if until is not None and now >= until:
+                        return
+                    wait = self.ping_every_s - (now - last_sent)
                     if not bus.is_running(turn_id):
                         live = remote is not None and self.link is not None and self.link.connected
                         wait = min(wait, self.remote_poll_s if live else self.store_poll_s)
+                    if until is not None:
+                        wait = min(wait, until - now)
                     try:
-                        frame = queue.get_nowait() if queue.qsize() else await _get(queue, wait)
+                        item = queue.get_nowait() if queue.qsize() else await _get(queue, wait)
                     except TimeoutError:
                         if time.monotonic() - last_sent >= self.ping_every_s:
-                            yield self.ping
+                            yield None
                             last_sent = time.monotonic()
                         if not bus.is_running(turn_id):
                             break  # poll the store
                         continue
-                    if frame.seq <= last:
+                    if item.seq <= last:
                         continue
-                    if frame.seq != last + 1:
+                    if item.seq != last + 1:
                         break  # a gap (should not happen): fill it from the store
-                    yield frame.data
-                    last = frame.seq
+                    yield item.event
+                    last = item.seq
                     last_sent = time.monotonic()
-                    if frame.terminal:
+                    if item.terminal:
                         return
         except ServiceUnavailable:
             # The store went away: end the stream; the client resumes from its last id.
@@ -156,7 +163,7 @@ class Follower:
             except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
                 log.warning("ignoring a malformed message on %s", msg.subject)
                 return
-            queue.put_nowait(self.bus.frame(event))  # type: ignore[arg-type]
+            queue.put_nowait(frame(event))  # type: ignore[arg-type]
 
         subject = turn_wildcard(self.prefix, tenant, conversation_id, turn_id)
         sub: Subscription | None = None

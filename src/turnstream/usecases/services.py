@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from turnstream.metrics import Metrics
 from turnstream.settings import ModelConfig
 from turnstream.usecases.admission import TurnStarter
+from turnstream.usecases.chats import Chats
 from turnstream.usecases.control import TurnControl
 from turnstream.usecases.conversations import Conversations
 from turnstream.usecases.following import Follower
@@ -18,6 +19,7 @@ from turnstream.usecases.usage import Usage
 @dataclass(frozen=True)
 class Services:
     conversations: Conversations
+    chats: Chats
     turns: TurnStarter
     follower: Follower
     control: TurnControl

@@ -18,7 +18,8 @@ from turnstream.http.dependencies import (
     client_of,
     count_param,
     resume_from,
-    sse,
+    stream_deadline,
+    turn_sse,
 )
 from turnstream.http.params import MAX_SEQ
 from turnstream.usecases.services import Services
@@ -41,7 +42,8 @@ async def start_turn(
 ) -> Stream:
     after = resume_from(last_event_id)
     turn = await services.turns.start(caller, cid, data, client=client_of(request))
-    return sse(services.follower.follow(caller.tenant, cid, turn.turn_id, after, turn.known))
+    events = services.follower.follow(caller.tenant, cid, turn.turn_id, after, turn.known)
+    return turn_sse(request, events)
 
 
 @get(
@@ -51,6 +53,7 @@ async def start_turn(
     media_type=EVENT_STREAM,
 )
 async def turn_events(
+    request: Request[Any, Any, Any],
     services: Services,
     caller: Caller,
     cid: UUID,
@@ -63,7 +66,9 @@ async def turn_events(
 ) -> Stream:
     start = resume_from(last_event_id, after)
     await services.conversations.turn(caller, cid, tid, read=True)
-    return sse(services.follower.follow(caller.tenant, cid, tid, start))
+    until = stream_deadline(request)
+    events = services.follower.follow(caller.tenant, cid, tid, start, until=until)
+    return turn_sse(request, events, resumable=True)
 
 
 @get(
@@ -74,13 +79,19 @@ async def turn_events(
     responses={204: ResponseSpec(None, description="No turn is running.")},
 )
 async def active_stream(
-    services: Services, caller: Caller, cid: UUID, last_event_id: LastEventId = None
+    request: Request[Any, Any, Any],
+    services: Services,
+    caller: Caller,
+    cid: UUID,
+    last_event_id: LastEventId = None,
 ) -> Response[Any]:
     start = resume_from(last_event_id)
     turn_id = await services.conversations.active_turn(caller, cid)
     if turn_id is None:
         return Response(None, status_code=HTTP_204_NO_CONTENT)
-    return sse(services.follower.follow(caller.tenant, cid, turn_id, start))
+    until = stream_deadline(request)
+    events = services.follower.follow(caller.tenant, cid, turn_id, start, until=until)
+    return turn_sse(request, events, resumable=True)
 
 
 @post(

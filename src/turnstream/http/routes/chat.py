@@ -1,0 +1,156 @@
+"""The AI SDK's chat routes: what a stock ``DefaultChatTransport`` calls.
+
+``POST /v1/chat`` starts a turn and answers with its UI message stream;
+``GET /v1/chat/{id}/stream`` is what ``useChat({resume: true})`` asks on mount;
+``POST /v1/chat/{id}/stop`` is a stop button's call. Each is the same turn lifecycle as
+``/v1/conversations/…``: the chat id names a conversation (``usecases.chats``), the
+body becomes an ordinary turn request (``domain.chats``), the stream is the followed
+turn in another encoding (``http.uistream``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.openapi import ResponseSpec
+from litestar.response import Stream
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from turnstream.domain.callers import Caller
+from turnstream.domain.chats import ChatTrigger, ChatTurn
+from turnstream.domain.errors import Invalid
+from turnstream.http.dependencies import (
+    EVENT_STREAM,
+    LastEventId,
+    client_of,
+    resume_from,
+    sse_settings,
+)
+from turnstream.http.uistream import HEADERS, ui_frames
+from turnstream.usecases.services import Services
+
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class UiPart(msgspec.Struct, kw_only=True):
+    """A part of a UI message; only text parts are read (other fields are ignored)."""
+
+    type: str
+    text: str | None = None
+
+
+class UiMessage(msgspec.Struct, kw_only=True):
+    """A message as the AI SDK sends it (``UIMessage``); unknown fields are ignored."""
+
+    id: ClientId | None = None
+    role: str
+    parts: list[UiPart] = msgspec.field(default_factory=list)
+
+    def text(self) -> str:
+        return "\n".join(p.text for p in self.parts if p.type == "text" and p.text)
+
+
+class ChatRequest(msgspec.Struct, kw_only=True):
+    """The body ``DefaultChatTransport`` posts: the chat id, its messages (or only the
+    last, ``message``), the trigger. Other fields are ignored: the client merges the
+    app's own ``body`` in."""
+
+    id: str
+    messages: list[UiMessage] | None = None
+    message: UiMessage | None = None
+    """The short form: only the message the turn is about."""
+    trigger: ChatTrigger = "submit-message"
+    messageId: ClientId | None = None
+    """``regenerate-message``: the answer to regenerate."""
+    model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+    def turn(self) -> ChatTurn:
+        last = self.message or (self.messages[-1] if self.messages else None)
+        user = last if last is not None and last.role == "user" else None
+        if self.trigger == "submit-message" and user is None:
+            raise Invalid("'submit-message' needs a last message whose role is 'user'.")
+        return ChatTurn(
+            trigger=self.trigger,
+            client_message_id=user.id if user is not None else None,
+            text=user.text() if user is not None else None,
+            message_id=self.messageId,
+            request_id=self.request_id,
+            model=self.model,
+        )
+
+
+def ui_stream(frames: AsyncIterator[bytes]) -> Stream:
+    return Stream(frames, media_type=EVENT_STREAM, headers=HEADERS)
+
+
+@post(
+    "/chat",
+    tags=["chat"],
+    summary="Start a turn of an AI SDK chat; the response is its UI message stream",
+    status_code=200,
+    media_type=EVENT_STREAM,
+)
+async def chat(
+    request: Request[Any, Any, Any], services: Services, caller: Caller, data: ChatRequest
+) -> Stream:
+    turn_request = data.turn()
+    cid = await services.chats.open(caller, data.id, model=data.model)
+    turn = await services.turns.start(caller, cid, turn_request, client=client_of(request))
+    events = services.follower.follow(caller.tenant, cid, turn.turn_id, 0, turn.known)
+    padding = sse_settings(request).padding
+    return ui_stream(ui_frames(events, after=0, padding=padding))
+
+
+@get(
+    "/chat/{chat_id:str}/stream",
+    tags=["chat"],
+    summary="The running turn of a chat as a UI message stream; 204 when none runs",
+    media_type=EVENT_STREAM,
+    responses={204: ResponseSpec(None, description="No turn of this chat is running.")},
+)
+async def chat_stream(
+    request: Request[Any, Any, Any],
+    services: Services,
+    caller: Caller,
+    chat_id: str,
+    last_event_id: LastEventId = None,
+) -> Response[Any]:
+    after = resume_from(last_event_id)
+    cid = await services.chats.find(caller, chat_id, read=True)
+    turn_id = None if cid is None else await services.conversations.active_turn(caller, cid)
+    if cid is None or turn_id is None:
+        return Response(None, status_code=HTTP_204_NO_CONTENT)
+    # From the first event, whatever the client has: the chunks after ``after`` depend
+    # on the parts the earlier ones opened.
+    events = services.follower.follow(caller.tenant, cid, turn_id, 0)
+    padding = sse_settings(request).padding
+    return ui_stream(ui_frames(events, after=after, padding=padding))
+
+
+class ChatStop(msgspec.Struct, kw_only=True):
+    chat_id: str
+    turn_id: str | None
+    """The turn being stopped; null when none was running."""
+    status: str
+
+
+@post(
+    "/chat/{chat_id:str}/stop",
+    tags=["chat"],
+    summary="Stop a chat's running turn, whichever node runs it (idempotent)",
+    status_code=HTTP_202_ACCEPTED,
+)
+async def stop_chat(services: Services, caller: Caller, chat_id: str) -> ChatStop:
+    cid = await services.chats.find(caller, chat_id)
+    turn_id = None if cid is None else await services.conversations.active_turn(caller, cid)
+    if cid is None or turn_id is None:
+        return ChatStop(chat_id=chat_id, turn_id=None, status="idle")
+    await services.control.cancel(caller, cid, turn_id)
+    return ChatStop(chat_id=chat_id, turn_id=str(turn_id), status="cancelling")
+
+
+ROUTES = [chat, chat_stream, stop_chat]
