@@ -211,6 +211,7 @@ def world(
             "TURNSTREAM_DEMO_TOKENS": "5000",
             "TURNSTREAM_DEMO_TOKENS_PER_S": "4",
             "TURNSTREAM_GUEST_MESSAGES": "5",
+            "TURNSTREAM_GUEST_TENANTS": "guests,t1",
             "TURNSTREAM_SHUTDOWN_GRACE_S": "0",
         }
         with (

@@ -274,6 +274,7 @@ def test_guests_send_their_allowance_then_sign_in_and_claim(
 ) -> None:
     server = make_server(
         TURNSTREAM_GUEST_MESSAGES="2",
+        TURNSTREAM_GUEST_TENANTS="guests,acme",
         TURNSTREAM_DEMO_TOKENS="3",
         TURNSTREAM_DEMO_TOKENS_PER_S="0",
     )

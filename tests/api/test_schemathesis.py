@@ -56,6 +56,7 @@ def api(
         "TURNSTREAM_DEMO_TOKENS": "8",
         "TURNSTREAM_DEMO_TOKENS_PER_S": "0",
         "TURNSTREAM_GUEST_MESSAGES": "3",
+        "TURNSTREAM_GUEST_TENANTS": "guests,acme",
         "TURNSTREAM_SHUTDOWN_GRACE_S": "0",
     }
     data_dir = Path(tmp_path_factory.mktemp("schemathesis"))

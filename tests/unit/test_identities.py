@@ -44,6 +44,16 @@ def test_the_guest_tenant_setting_is_a_tenant_id() -> None:
         Settings.from_env({"TURNSTREAM_GUEST_TENANT": "guests\n"})
 
 
+def test_the_guest_tenants_setting_must_include_the_tenant_of_guests_who_name_none() -> None:
+    # A POST /v1/guest without a body asks for GUEST_TENANT: refusing it would leave
+    # the plain guest button of a front end answering 404 for no reason it could see.
+    with pytest.raises(SettingsError, match="GUEST_TENANTS must include"):
+        Settings.from_env({"TURNSTREAM_GUEST_TENANTS": "a,b"})
+    both = {"TURNSTREAM_GUEST_TENANTS": "a, b", "TURNSTREAM_GUEST_TENANT": "b"}
+    assert Settings.from_env(both).guests.allowed_tenants() == {"a", "b"}
+    assert Settings.from_env({}).guests.allowed_tenants() == {"guests"}
+
+
 def test_a_token_with_a_tenant_that_only_matches_before_a_newline_is_refused() -> None:
     import jwt
 

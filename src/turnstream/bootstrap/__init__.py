@@ -82,6 +82,7 @@ def http_app(container: Container) -> Litestar:
         server=settings.server,
         guests=settings.guests,
         sse=settings.sse,
+        browsers=settings.browsers,
         on_startup=container.runtime.start,
         on_shutdown=container.runtime.stop,
     )

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from turnstream.http.tickets import RedactTickets
 from turnstream.settings import Settings, unknown_variables
 
 log = logging.getLogger("turnstream")
@@ -26,12 +27,17 @@ def settings_of(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 def start_logging(settings: Settings) -> None:
-    """One log format for every logger of the process (uvicorn's too), and a warning
-    for each ``TURNSTREAM_*`` variable that no setting reads (a typo, or retired)."""
+    """One log format for every logger of the process (uvicorn's too), stream tickets
+    kept out of the access log, and a warning for each ``TURNSTREAM_*`` variable that no
+    setting reads (a typo, or retired)."""
     logging.basicConfig(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Stream tickets ride in URLs, and uvicorn's access log prints URLs with their query.
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTickets) for f in access.filters):
+        access.addFilter(RedactTickets())
     for name, closest in unknown_variables(os.environ):
         hint = f"; did you mean {closest}?" if closest else ""
         log.warning("%s is not a setting of turnstream and is ignored%s", name, hint)

@@ -18,10 +18,12 @@ from litestar.openapi.spec import Components, OpenAPI, RequestBody, SecuritySche
 
 from turnstream.http.bodies import BODIES, StrictRequest
 from turnstream.http.clients import parse_networks
+from turnstream.http.cors import cors_config
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
 from turnstream.http.routes import chat, conversations, operations, turns, usage
-from turnstream.settings import GuestSettings, ServerSettings, SseSettings
+from turnstream.http.tickets import provide_stream_caller
+from turnstream.settings import BrowserSettings, GuestSettings, ServerSettings, SseSettings
 from turnstream.usecases.services import Services
 
 Hook = Callable[[], Awaitable[None]]
@@ -51,6 +53,7 @@ def create_app(
     server: ServerSettings,
     guests: GuestSettings,
     sse: SseSettings,
+    browsers: BrowserSettings,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
 ) -> Litestar:
@@ -58,7 +61,11 @@ def create_app(
     v1 = Router(
         path="/v1",
         route_handlers=[*conversations.ROUTES, *turns.ROUTES, *chat.ROUTES, *usage.ROUTES],
-        dependencies={"caller": Provide(provide_caller), "services": Provide(provide_services)},
+        dependencies={
+            "caller": Provide(provide_caller),
+            "stream_caller": Provide(provide_stream_caller),
+            "services": Provide(provide_services),
+        },
         security=[{"bearer": []}],
     )
     app = Litestar(
@@ -68,6 +75,7 @@ def create_app(
         on_startup=[on_startup] if on_startup else [],
         on_shutdown=[on_shutdown] if on_shutdown else [],
         request_max_body_size=server.max_body_bytes,
+        cors_config=cors_config(browsers),
         openapi_config=OpenAPIConfig(
             title="turnstream",
             version="1",
@@ -90,4 +98,6 @@ def create_app(
     app.state.guests = guests
     app.state.sse = sse
     app.state.metrics = services.metrics
+    app.state.metrics_token = server.metrics_token
+    app.state.stream_ticket_ttl_s = browsers.stream_ticket_ttl_s
     return app

@@ -65,15 +65,20 @@ def verify(secret: str, authorization: str | None) -> Caller:
     except jwt.InvalidTokenError:
         msg = "The token is not valid."
         raise Unauthorized(msg) from None
+    return caller_of(claims)
+
+
+def caller_of(claims: dict[str, Any], what: str = "token") -> Caller:
+    """The caller a verified token's (or stream ticket's) claims name, or Unauthorized."""
     sub, tenant = claims.get("sub"), claims.get("tenant")
     if not isinstance(sub, str) or not sub or not isinstance(tenant, str):
-        msg = "The token's sub and tenant claims must be strings."
+        msg = f"The {what}'s sub and tenant claims must be strings."
         raise Unauthorized(msg)
     if not is_tenant(tenant):
-        msg = f"The token's tenant claim is not a tenant id ({TENANT_RULE})."
+        msg = f"The {what}'s tenant claim is not a tenant id ({TENANT_RULE})."
         raise Unauthorized(msg)
     if not is_user_id(sub):
-        msg = f"The token's sub claim is not a user id ({USER_ID_RULE})."
+        msg = f"The {what}'s sub claim is not a user id ({USER_ID_RULE})."
         raise Unauthorized(msg)
     roles = claims.get("roles") or []
     return Caller(

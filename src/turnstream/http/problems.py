@@ -64,7 +64,9 @@ ERRORS: dict[type[TurnstreamError], Answer] = {
     ),
     UnknownModel: Answer(400, "Unknown model", "the request names a model not configured"),
     Unauthorized: Answer(401, "Unauthorized", "no valid bearer token"),
-    NotFound: Answer(404, "Not found", "nothing by that path (or guests are off)"),
+    NotFound: Answer(
+        404, "Not found", "nothing by that path (or no guests for that tenant, or none at all)"
+    ),
     ConversationNotFound: Answer(
         404,
         "Conversation not found",
@@ -160,12 +162,15 @@ def _counted(
 
 
 def handle_domain_error(request: Request[Any, Any, Any], exc: TurnstreamError) -> Response[Any]:
-    headers = None
+    headers: dict[str, str] = {}
     if exc.retry_after is not None:
-        headers = {"Retry-After": str(exc.retry_after)}
+        headers["Retry-After"] = str(exc.retry_after)
     answer = answer_for(exc)
+    if answer.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names its scheme
     return _counted(
-        request, problem(answer.status, exc.code, answer.title, exc.detail, headers, **exc.extra)
+        request,
+        problem(answer.status, exc.code, answer.title, exc.detail, headers or None, **exc.extra),
     )
 
 
@@ -240,7 +245,7 @@ def problem_descriptions() -> dict[int, str]:
 # Answers beyond those every operation's shape implies (see document_problems).
 _EXTRA_PROBLEMS: dict[tuple[str, str], set[int]] = {
     ("get", "/readyz"): {503},
-    ("get", "/metrics"): {503},
+    ("get", "/metrics"): {401, 503},  # 401: with TURNSTREAM_METRICS_TOKEN set
     ("post", "/v1/conversations/{cid}/turns"): {409, 410, 413, 422, 429},
     ("post", "/v1/guest"): {404, 429},
 }

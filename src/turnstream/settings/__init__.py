@@ -113,6 +113,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if bad_guests:
             msg = f"bad setting: {ENV_PREFIX}GUEST_TENANTS must be {TENANT_RULE} each"
             raise SettingsError(f"{msg} (not: {', '.join(bad_guests)})")
+        if settings.guests.tenant not in settings.guests.allowed_tenants():
+            # A body-less POST /v1/guest asks for GUEST_TENANT: it must be one of them.
+            msg = f"bad setting: {ENV_PREFIX}GUEST_TENANTS must include {ENV_PREFIX}GUEST_TENANT"
+            raise SettingsError(f"{msg} ({settings.guests.tenant})")
         for origin in settings.browsers.origins():
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 msg = f"bad setting: {ENV_PREFIX}CORS_ORIGINS: {origin!r} is no origin"

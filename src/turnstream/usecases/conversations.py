@@ -147,6 +147,10 @@ class Conversations:
             raise ConversationNotFound(conversation_id)
         return conversation
 
+    async def check_readable(self, caller: Caller, conversation_id: UUID) -> None:
+        """ConversationNotFound unless the caller may read the conversation (its streams)."""
+        await self.get(caller, conversation_id, read=True)
+
     async def view(self, caller: Caller, conversation_id: UUID) -> ConversationView:
         row = await self.reads.tree_row(caller, conversation_id, read=True)
         messages = await self.run(self.reads.reader.messages, conversation_id)

@@ -7,6 +7,7 @@ from datetime import date
 from turnstream.domain.callers import Caller
 from turnstream.domain.errors import NotFound
 from turnstream.domain.events import utcnow
+from turnstream.domain.identities import check_tenant
 from turnstream.domain.periods import period_bounds, period_starts
 from turnstream.projections.views import GuestAllowance, UsageLimits, UsagePeriod, UsageReport
 from turnstream.settings import GuestSettings, LimitSettings
@@ -15,6 +16,8 @@ from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
 from turnstream.usecases.conversations import ReadModel
 from turnstream.usecases.limits import Limits
+
+GUESTS_OFF = "Guest tokens are not offered here."
 
 
 class Usage:
@@ -78,8 +81,17 @@ class Usage:
             guest=guest,
         )
 
-    async def guest_allowed(self, client: str) -> None:
-        """Whether ``client`` may have a guest token now (guests on, within the limit)."""
+    async def guest_allowed(self, client: str, tenant: str) -> None:
+        """Whether ``client`` may have a guest token of ``tenant`` now: guests on, the
+        tenant one that wants guests (``TURNSTREAM_GUEST_TENANTS``), within the limit.
+
+        A tenant that wants none is answered exactly as guests off are, so the answer
+        tells a visitor nothing about which tenants exist; neither counts against the
+        address's limit.
+        """
         if not self.guests.messages:
-            raise NotFound("Guests are not enabled on this service.")
+            raise NotFound(GUESTS_OFF)
+        check_tenant(tenant)
+        if tenant not in self.guests.allowed_tenants():
+            raise NotFound(GUESTS_OFF)
         await self.limits.guest_allowed(client)

@@ -29,7 +29,9 @@ from turnstream.http.dependencies import (
     resume_from,
     sse_settings,
 )
+from turnstream.http.tickets import StreamCaller
 from turnstream.http.uistream import HEADERS, ui_frames
+from turnstream.usecases.chats import chat_conversation_id
 from turnstream.usecases.services import Services
 
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -115,14 +117,19 @@ async def chat(
 async def chat_stream(
     request: Request[Any, Any, Any],
     services: Services,
-    caller: Caller,
+    stream_caller: StreamCaller,
     chat_id: str,
     last_event_id: LastEventId = None,
 ) -> Response[Any]:
     after = resume_from(last_event_id)
-    cid = await services.chats.find(caller, chat_id, read=True)
-    turn_id = None if cid is None else await services.conversations.active_turn(caller, cid)
-    if cid is None or turn_id is None:
+    cid = await services.chats.find(stream_caller.caller, chat_id, read=True)
+    if cid is None and stream_caller.conversation_id is not None:
+        stream_caller.check_ticket_scope(chat_conversation_id(stream_caller.caller, chat_id))
+    if cid is None:
+        return Response(None, status_code=HTTP_204_NO_CONTENT)
+    caller = stream_caller.check_ticket_scope(cid)
+    turn_id = await services.conversations.active_turn(caller, cid)
+    if turn_id is None:
         return Response(None, status_code=HTTP_204_NO_CONTENT)
     # From the first event, whatever the client has: the chunks after ``after`` depend
     # on the parts the earlier ones opened.

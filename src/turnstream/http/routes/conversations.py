@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -16,6 +17,7 @@ from turnstream.http.auth import verify
 from turnstream.http.bodies import ConversationPatch, NewConversation
 from turnstream.http.dependencies import count_param
 from turnstream.http.params import decimal
+from turnstream.http.tickets import mint_ticket
 from turnstream.projections.views import ConversationPage, ConversationSummary, ConversationView
 from turnstream.settings import default_model_id
 from turnstream.usecases.services import Services
@@ -127,6 +129,30 @@ async def claim_conversation(
     return await services.conversations.view(caller, cid)
 
 
+class StreamTicket(msgspec.Struct, kw_only=True):
+    ticket: str
+    """For ``?ticket=`` on the conversation's GET streams, in place of the bearer token."""
+    expires_at: datetime
+
+
+@post(
+    "/conversations/{cid:uuid}/stream-tickets",
+    tags=["conversations"],
+    summary="A short-lived ticket for the conversation's streams, for a browser's EventSource",
+    status_code=201,
+)
+async def new_stream_ticket(
+    request: Request[Any, Any, Any], services: Services, caller: Caller, cid: UUID
+) -> StreamTicket:
+    """A ticket that opens this conversation's GET streams (and nothing else) for the
+    caller, because a browser's own ``EventSource`` cannot send ``Authorization``."""
+    await services.conversations.check_readable(caller, cid)
+    ticket, expires = mint_ticket(
+        request.app.state.jwt_secret, caller, cid, request.app.state.stream_ticket_ttl_s
+    )
+    return StreamTicket(ticket=ticket, expires_at=datetime.fromtimestamp(expires, UTC))
+
+
 ROUTES = [
     list_models,
     create_conversation,
@@ -135,4 +161,5 @@ ROUTES = [
     rename_conversation,
     delete_conversation,
     claim_conversation,
+    new_stream_ticket,
 ]

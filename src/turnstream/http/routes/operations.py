@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
 
-from turnstream.domain.errors import RETRY_OUTAGE_S
+from turnstream.domain.errors import RETRY_OUTAGE_S, Unauthorized
 from turnstream.http.problems import problem
 from turnstream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from turnstream.usecases.services import Services
@@ -24,6 +25,23 @@ def _unavailable(detail: str, **extra: Any) -> Response[Any]:
     """A probe's 503: how the service is, not what was wrong with a request (not counted)."""
     retry = {"Retry-After": str(RETRY_OUTAGE_S)}
     return problem(503, "service_unavailable", "Service unavailable", detail, retry, **extra)
+
+
+def check_operator(token: str | None, authorization: str | None) -> None:
+    """Unauthorized unless ``authorization`` is ``Bearer <token>`` (anyone, with no token).
+
+    The metrics name models, tenants' load and the log's positions: with
+    ``TURNSTREAM_METRICS_TOKEN`` set only the scraper that has it reads them. Compared in
+    constant time, as bytes (``compare_digest`` refuses non-ASCII text).
+    """
+    if token is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        msg = "/metrics needs 'Authorization: Bearer <the metrics token>'."
+        raise Unauthorized(msg)
 
 
 @get("/healthz", tags=["operations"], summary="Liveness")
@@ -48,6 +66,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
     media_type=METRICS_CONTENT_TYPE,
 )
 async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
+    check_operator(request.app.state.metrics_token, request.headers.get("authorization"))
     services: Services = request.app.state.services
     try:
         figures = await services.health.figures()

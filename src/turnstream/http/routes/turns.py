@@ -22,6 +22,7 @@ from turnstream.http.dependencies import (
     turn_sse,
 )
 from turnstream.http.params import MAX_SEQ
+from turnstream.http.tickets import StreamCaller
 from turnstream.usecases.services import Services
 
 
@@ -55,7 +56,7 @@ async def start_turn(
 async def turn_events(
     request: Request[Any, Any, Any],
     services: Services,
-    caller: Caller,
+    stream_caller: StreamCaller,
     cid: UUID,
     tid: UUID,
     last_event_id: LastEventId = None,
@@ -64,6 +65,7 @@ async def turn_events(
         count_param("The last seq the client has.", minimum=0, maximum=MAX_SEQ),
     ] = None,
 ) -> Stream:
+    caller = stream_caller.check_ticket_scope(cid)
     start = resume_from(last_event_id, after)
     await services.conversations.turn(caller, cid, tid, read=True)
     until = stream_deadline(request)
@@ -81,10 +83,11 @@ async def turn_events(
 async def active_stream(
     request: Request[Any, Any, Any],
     services: Services,
-    caller: Caller,
+    stream_caller: StreamCaller,
     cid: UUID,
     last_event_id: LastEventId = None,
 ) -> Response[Any]:
+    caller = stream_caller.check_ticket_scope(cid)
     start = resume_from(last_event_id)
     turn_id = await services.conversations.active_turn(caller, cid)
     if turn_id is None:

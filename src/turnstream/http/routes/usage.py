@@ -9,7 +9,6 @@ import msgspec
 from litestar import Request, get, post
 
 from turnstream.domain.callers import Caller
-from turnstream.domain.identities import check_tenant
 from turnstream.http.auth import mint
 from turnstream.http.bodies import GuestRequest
 from turnstream.http.dependencies import client_of
@@ -33,13 +32,18 @@ async def get_usage(services: Services, caller: Caller) -> UsageReport:
     return await services.usage.report(caller)
 
 
-@post("/guest", tags=["guests"], summary="A guest token (when guests are enabled)", status_code=201)
+@post(
+    "/guest",
+    tags=["guests"],
+    summary="A guest token (when the tenant wants guests)",
+    status_code=201,
+)
 async def new_guest(
     request: Request[Any, Any, Any], services: Services, data: GuestRequest | None = None
 ) -> GuestToken:
-    await services.usage.guest_allowed(client_of(request))
     guests: GuestSettings = request.app.state.guests
-    tenant = check_tenant(data.tenant) if data is not None and data.tenant else guests.tenant
+    tenant = data.tenant if data is not None and data.tenant else guests.tenant
+    await services.usage.guest_allowed(client_of(request), tenant)
     user_id = f"guest-{uuid7()}"
     ttl = guests.token_ttl_s
     token = mint(request.app.state.jwt_secret, tenant=tenant, user=user_id, ttl_s=ttl, guest=True)
