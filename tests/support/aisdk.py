@@ -1,0 +1,114 @@
+"""The real AI SDK client (npm package ``ai``) from Python: one action of
+``tests/clients/aisdk/chat.mjs`` per call, its JSON lines parsed into a ChatResult.
+
+``npm ci`` must have run in CLIENTS first (the ``aisdk_clients`` fixture does).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tests.support.node import NODE
+
+CLIENTS = Path(__file__).resolve().parents[1] / "clients" / "aisdk"
+VERSIONS = ("ai5", "ai6", "ai7")
+Action = Literal["send", "reconnect", "send-and-stop", "send-and-drop"]
+
+
+@dataclass
+class ChatResult:
+    """What the client printed: each chunk its transport yielded, the message that
+    readUIMessageStream assembled, errors (thrown or reported), and for reconnect
+    whether there was no stream (204); ``stop`` the stop request's status."""
+
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    message: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)
+    none: bool = False
+    stop: int | None = None
+    stderr: str = ""
+
+    @property
+    def error(self) -> str | None:
+        return "\n".join(self.errors) if self.errors else None
+
+    @property
+    def types(self) -> list[str]:
+        return [chunk["type"] for chunk in self.chunks]
+
+    def first(self, kind: str) -> dict[str, Any]:
+        return next(chunk for chunk in self.chunks if chunk["type"] == kind)
+
+    def text(self) -> str:
+        """The assembled message's text parts, joined."""
+        return parts_text(self.message, "text")
+
+    def reasoning(self) -> str:
+        return parts_text(self.message, "reasoning")
+
+
+def parts_text(message: dict[str, Any] | None, kind: str) -> str:
+    assert message is not None, "the client assembled no message"
+    return "".join(p["text"] for p in message["parts"] if p["type"] == kind)
+
+
+def uimessage(text: str, id: str | None = None) -> dict[str, Any]:
+    """A user UIMessage as the client sends it (a client-made id unless given)."""
+    return {
+        "id": id or f"u-{uuid.uuid4().hex[:16]}",
+        "role": "user",
+        "parts": [{"type": "text", "text": text}],
+    }
+
+
+def run_chat(
+    version: str,
+    action: Action,
+    *,
+    base: str,
+    token: str,
+    chat_id: str,
+    timeout: float = 60.0,
+    **spec: Any,
+) -> ChatResult:
+    """Run one action of chat.mjs with client ``version`` ("ai5", "ai6", "ai7").
+
+    ``spec`` goes to the script as is: ``messages``, ``trigger``, ``messageId``, ``body``.
+    """
+    assert version in VERSIONS, version
+    payload = {
+        "version": version,
+        "action": action,
+        "base": base,
+        "token": token,
+        "chatId": chat_id,
+    } | spec
+    done = subprocess.run(
+        [str(NODE), str(CLIENTS / "chat.mjs")],
+        input=json.dumps(payload),
+        cwd=CLIENTS,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"chat.mjs exited {done.returncode}:\n{done.stderr}"
+    result = ChatResult(stderr=done.stderr)
+    for line in done.stdout.splitlines():
+        item = json.loads(line)
+        if "chunk" in item:
+            result.chunks.append(item["chunk"])
+        elif "message" in item:
+            result.message = item["message"]
+        elif "error" in item:
+            result.errors.append(item["error"])
+        elif "none" in item:
+            result.none = True
+        elif "stop" in item:
+            result.stop = item["stop"]
+    return result
