@@ -189,3 +189,33 @@ def test_a_rebuild_over_many_pages_equals_one_over_a_single_page(
     assert view_rows(database_url, db_schema)["tree_messages"] == single["tree_messages"]
     assert len(single["tree_messages"]) == 12 * 2 * 2
     assert counters(database_url, db_schema)[0][3] == 2 * 4  # u0: 4 conversations, 2 turns each
+
+
+def test_a_generation_made_before_a_column_was_added_gets_it_where_it_is(
+    app: TurnstreamApplication, database_url: str, db_schema: str
+) -> None:
+    # As an earlier version left it: tree_messages__g1 and its view without client_id.
+    schema = sql.Identifier(db_schema)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP VIEW {}.tree_messages").format(schema))
+        conn.execute(
+            sql.SQL("ALTER TABLE {}.tree_messages__g1 DROP COLUMN client_id").format(schema)
+        )
+        conn.execute(
+            sql.SQL("CREATE VIEW {0}.tree_messages AS SELECT * FROM {0}.tree_messages__g1").format(
+                schema
+            )
+        )
+    ensure_projections(app)  # what a start of this version does
+    with psycopg.connect(database_url) as conn:
+        for relation in ("tree_messages__g1", "tree_messages"):
+            columns = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                    (db_schema, relation),
+                )
+            ]
+            assert columns[-1] == "client_id", relation
+    assert generations(database_url, db_schema)["tree"] == 1  # no rebuild was needed
