@@ -256,6 +256,25 @@ def test_the_active_stream_is_204_when_idle_and_the_running_turn_otherwise(
     assert httpx.get(url, headers=server.headers()).status_code == 204
 
 
+def test_a_reader_resuming_the_active_stream_after_the_turn_ended_gets_its_end(
+    server: Server,
+) -> None:
+    # A browser reconnects after a stream that ended on purpose; its turn ended while it
+    # was away. It gets the rest of that turn, not a 204 that would lose the final frame.
+    cid = new_conversation(server)
+    frames = run_turn(server, cid)
+    url = f"{server.base_url}/v1/conversations/{cid}/stream"
+    with httpx.stream(
+        "GET", url, headers=server.headers() | {"Last-Event-ID": "3"}, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        rest = frames_of(r)
+    assert [(f.id, f.data) for f in rest] == [(f.id, f.data) for f in frames[3:]]
+    last = str(frames[-1].id)
+    assert httpx.get(url, headers=server.headers() | {"Last-Event-ID": last}).status_code == 204
+    assert httpx.get(url, headers=server.headers()).status_code == 204
+
+
 def test_an_idle_stream_carries_ping_comments(make_server: ServerFactory) -> None:
     server = make_server(
         TURNSTREAM_DEMO_TOKENS="6",

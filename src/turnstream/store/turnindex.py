@@ -66,6 +66,19 @@ class TurnIndexQueries:
             row = cur.fetchone()
             return None if row is None else row["turn_id"]
 
+    def latest_turn(self, conversation_id: UUID) -> UUID | None:
+        """The conversation's last started turn, running or not."""
+        with self.datastore.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                SQL(
+                    "SELECT turn_id FROM {} WHERE conversation_id = %s"
+                    " ORDER BY started_position DESC LIMIT 1"
+                ).format(self.index_table),
+                (conversation_id,),
+            )
+            row = cur.fetchone()
+            return None if row is None else row["turn_id"]
+
     def turn_row(self, turn_id: UUID) -> TurnIndexRow | None:
         with self.datastore.get_connection() as conn, conn.cursor() as cur:
             cur.execute(

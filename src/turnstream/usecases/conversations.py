@@ -204,6 +204,16 @@ class Conversations:
             raise TurnNotFound(turn_id)
         return row
 
-    async def active_turn(self, caller: Caller, conversation_id: UUID) -> UUID | None:
+    async def active_turn(
+        self, caller: Caller, conversation_id: UUID, after: int = 0
+    ) -> UUID | None:
+        """The running turn; with ``after`` (a reader resuming, whose turn may have ended
+        while it was away), else the last turn if it has events after that seq."""
         await self.get(caller, conversation_id, read=True)
-        return await self.run(self.app.store.running_turn, conversation_id)
+        running = await self.run(self.app.store.running_turn, conversation_id)
+        if running is not None or after <= 0:
+            return running
+        latest = await self.run(self.app.store.latest_turn, conversation_id)
+        if latest is None or await self.run(self.app.store.last_version, latest) <= after:
+            return None
+        return latest

@@ -89,7 +89,7 @@ async def active_stream(
 ) -> Response[Any]:
     caller = stream_caller.check_ticket_scope(cid)
     start = resume_from(last_event_id)
-    turn_id = await services.conversations.active_turn(caller, cid)
+    turn_id = await services.conversations.active_turn(caller, cid, start)
     if turn_id is None:
         return Response(None, status_code=HTTP_204_NO_CONTENT)
     until = stream_deadline(request)
