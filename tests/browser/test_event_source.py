@@ -74,7 +74,9 @@ def assert_whole_turn(run: dict[str, Any], tid: str) -> None:
     assert run["ended"] == "final"
     assert frames[-1]["type"] == "final"
     tokens = [f["data"]["text"] for f in frames if f["type"] == "token"]
-    assert len(tokens) == TOKENS
+    # A token frame carries one token or several (the writer merges what arrives while
+    # it commits, more so on a busy machine): their text is the answer, whatever the count.
+    assert 1 < len(tokens) <= TOKENS
     assert "".join(tokens) == frames[-1]["data"]["text"]
     # Each cut was one error while CONNECTING, then one more open: no give-up, no extra.
     assert run["opens"] >= 3, run["opens"]

@@ -24,7 +24,9 @@ from tests.support.shared_server import a_place, bearer
 @pytest.fixture(scope="module")
 def api(database_url: str, nats_url: str) -> Iterator[Served]:
     with a_place(database_url, nats_url) as (schema, target):
-        settings = in_process_settings(database_url, schema, target, guest_messages=3)
+        settings = in_process_settings(
+            database_url, schema, target, guest_messages=3, guest_tenants="guests,acme-2"
+        )
         with serving(settings) as served:
             yield served
 

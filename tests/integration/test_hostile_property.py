@@ -69,6 +69,10 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("patch", "/v1/conversations/{cid}"): {"title": "Fine"},
     ("post", "/v1/conversations/{cid}/turns"): {"content": "Hello"},
     ("post", "/v1/guest"): {},
+    ("post", "/v1/chat"): {
+        "id": "hostile",
+        "message": {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]},
+    },
 }
 FRESH = {("delete", "/v1/conversations/{cid}"), ("patch", "/v1/conversations/{cid}")}
 """Operations that change their conversation get one of their own."""
@@ -180,7 +184,7 @@ def test_no_hostile_input_is_a_500(world: World, data: st.DataObject) -> None:
     op = data.draw(st.sampled_from(world.ops), label="operation")
     where, name = data.draw(st.sampled_from(op.inputs), label="input")
     cid = world.conversation() if (op.method, op.path) in FRESH else world.cid
-    path_params = {"cid": cid, "tid": world.tid}
+    path_params = {"cid": cid, "tid": world.tid, "id": "hostile"}
     headers: dict[str, Any] = {}
     if name == "X-Guest-Token" or "claim" in op.path:
         headers["X-Guest-Token"] = world.guest_token
