@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.aisdk import VERSIONS, ChatResult, parts_text, run_chat, uimessage
 from tests.support.inprocess import InProcessServer
+from tests.support.shared_server import served
 
 pytestmark = [pytest.mark.node, pytest.mark.usefixtures("aisdk_clients")]
 
@@ -55,14 +56,22 @@ TURN_CHUNKS = {
 versions = pytest.mark.parametrize("version", VERSIONS)
 
 
-@pytest.fixture
-def fast(make_server: ServerFactory) -> InProcessServer:
-    return make_server(**FAST)
+@pytest.fixture(scope="module")
+def fast(
+    database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessServer]:
+    """One server for the module's quick turns: every test has chat ids of its own."""
+    with served(database_url, nats_url, tmp_path_factory.mktemp("fast"), **FAST) as server:
+        yield server
 
 
-@pytest.fixture
-def slow(make_server: ServerFactory) -> InProcessServer:
-    return make_server(**SLOW)
+@pytest.fixture(scope="module")
+def slow(
+    database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessServer]:
+    """One server for the turns that are stopped, dropped or resumed in the middle."""
+    with served(database_url, nats_url, tmp_path_factory.mktemp("slow"), **SLOW) as server:
+        yield server
 
 
 def chat_id() -> str:
