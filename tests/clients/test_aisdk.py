@@ -339,8 +339,9 @@ def test_a_bad_token_is_the_clients_error(fast: InProcessServer, version: str) -
     assert json.loads(result.error)["status"] == 401
 
 
-@versions
-def test_another_node_serves_the_resume(make_server: ServerFactory, version: str) -> None:
+def test_another_node_serves_the_resume(make_server: ServerFactory) -> None:
+    # Which node serves is the server's affair; each client's resume is checked above.
+    version = VERSIONS[-1]
     a, b = make_server(**SLOW), make_server(**SLOW)
     cid = chat_id()
     dropped = chat(a, version, "send-and-drop", cid, messages=[uimessage("Across nodes.")])
