@@ -89,7 +89,11 @@ def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
             active = {str(r[0]): int(r[1]) for r in rows}
             for name, projection in PROJECTIONS.items():
                 if name in active:
-                    if projection.added:  # columns this version added; the views show them
+                    if _lacks_added_columns(conn, app, projection, active[name]):
+                        # Columns this version added, on a generation made before: add
+                        # them and re-make the views. Only then: ALTER TABLE and CREATE
+                        # VIEW lock out every reader, and readers may hold their locks
+                        # while they wait for this very worker to start.
                         gen = active[name]
                         view = ViewStore(app.store.datastore, projection=projection, generation=gen)
                         view.create_table()
@@ -105,6 +109,28 @@ def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
                 conn.execute(activate_sql(app, projection, 1))
                 active[name] = 1
     return active
+
+
+def _lacks_added_columns(
+    conn: psycopg.Connection[Any],
+    app: TurnstreamApplication,
+    projection: type[BatchProjection],
+    generation: int,
+) -> bool:
+    """Whether generation ``generation`` or its views lack a column of ``added``."""
+    if not projection.added:
+        return False
+    wanted = {(t, c.split()[0]) for t, c in projection.added}
+    wanted |= {(f"{t}__g{generation}", c) for t, c in wanted}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND (table_name, column_name) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (app.store.datastore.schema, [t for t, _ in wanted], [c for _, c in wanted]),
+        ).fetchall()
+    found = {(str(r[0]), str(r[1])) for r in rows}
+    return bool(wanted - found)
 
 
 def first_value(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> Any:
