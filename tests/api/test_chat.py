@@ -51,6 +51,31 @@ def stored(server: Server, conversation_id: str) -> dict[str, Any]:
     return dict(r.json())
 
 
+def chat_in_background(server: Server, chat_id: str) -> tuple[threading.Thread, list[str]]:
+    """A chat turn read on a thread into a list of text pieces; returns once the first
+    text delta has arrived (the turn is running, its answer has begun)."""
+    begun = threading.Event()
+    whole: list[str] = []
+
+    def run() -> None:
+        with httpx.stream(
+            "POST",
+            f"{server.base_url}/v1/chat",
+            json={"id": chat_id, "messages": [user("Hello")]},
+            headers=server.headers(),
+            timeout=60,
+        ) as r:
+            for text in r.iter_text():
+                whole.append(text)
+                if '"text-delta"' in "".join(whole):
+                    begun.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert begun.wait(60)
+    return thread, whole
+
+
 def test_a_chat_turn_speaks_the_ui_message_stream_and_is_an_ordinary_turn(
     server: Server,
 ) -> None:
@@ -159,25 +184,7 @@ def test_resume_sends_exactly_what_follows_the_last_event_id(
     make_server: ServerFactory,
 ) -> None:
     server = make_server(**SLOW)
-    first_chunk = threading.Event()
-    whole: list[str] = []
-
-    def run() -> None:
-        with httpx.stream(
-            "POST",
-            f"{server.base_url}/v1/chat",
-            json={"id": "resumed", "messages": [user("Hello")]},
-            headers=server.headers(),
-            timeout=60,
-        ) as r:
-            for text in r.iter_text():
-                whole.append(text)
-                if "text-delta" in "".join(whole):
-                    first_chunk.set()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert first_chunk.wait(60)
+    thread, whole = chat_in_background(server, "resumed")
     # Mid-turn: the running turn from its start, and from a Last-Event-ID.
     with httpx.stream(
         "GET", f"{server.base_url}/v1/chat/resumed/stream", headers=server.headers(), timeout=60
@@ -206,25 +213,7 @@ def test_resume_mid_turn_after_each_id_is_the_tail_of_the_stream(
     make_server: ServerFactory,
 ) -> None:
     server = make_server(TURNSTREAM_DEMO_TOKENS="40", TURNSTREAM_DEMO_TOKENS_PER_S="10")
-    seen = threading.Event()
-    whole: list[str] = []
-
-    def run() -> None:
-        with httpx.stream(
-            "POST",
-            f"{server.base_url}/v1/chat",
-            json={"id": "tail", "messages": [user("Hello")]},
-            headers=server.headers(),
-            timeout=60,
-        ) as r:
-            for text in r.iter_text():
-                whole.append(text)
-                if '"text-delta"' in "".join(whole):
-                    seen.set()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert seen.wait(60)
+    thread, whole = chat_in_background(server, "tail")
     so_far = "".join(whole)
     so_far = chunks_of(so_far[: so_far.rindex("\n\n")])
     text_start = next(n for n, (_, c) in enumerate(so_far) if c["type"] == "text-start")

@@ -33,6 +33,8 @@ HEADERS = {
 
 DONE = b"data: [DONE]\n\n"
 
+ABORT = {"type": "abort"}
+
 _json = msgspec.json.Encoder()
 
 
@@ -97,9 +99,6 @@ class UiStream:
             return []
         closed, self.reasoning = self.reasoning, None
         return [{"type": "reasoning-end", "id": closed}]
-
-
-ABORT = {"type": "abort"}
 
 
 def encode_group(event: TurnEvent, chunks: list[dict[str, Any]], *, padding: bool) -> bytes:

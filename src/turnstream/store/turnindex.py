@@ -56,26 +56,16 @@ class TurnIndexQueries:
             return 0 if row is None else int(row[0])
 
     def running_turn(self, conversation_id: UUID) -> UUID | None:
-        with self.datastore.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                SQL("SELECT turn_id FROM {} WHERE conversation_id = %s AND NOT ended").format(
-                    self.index_table
-                ),
-                (conversation_id,),
-            )
-            row = cur.fetchone()
-            return None if row is None else row["turn_id"]
+        return self._turn_of(conversation_id, SQL(" AND NOT ended"))
 
     def latest_turn(self, conversation_id: UUID) -> UUID | None:
         """The conversation's last started turn, running or not."""
+        return self._turn_of(conversation_id, SQL(" ORDER BY started_position DESC LIMIT 1"))
+
+    def _turn_of(self, conversation_id: UUID, rest: SQL) -> UUID | None:
+        select = SQL("SELECT turn_id FROM {} WHERE conversation_id = %s").format(self.index_table)
         with self.datastore.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                SQL(
-                    "SELECT turn_id FROM {} WHERE conversation_id = %s"
-                    " ORDER BY started_position DESC LIMIT 1"
-                ).format(self.index_table),
-                (conversation_id,),
-            )
+            cur.execute(select + rest, (conversation_id,))
             row = cur.fetchone()
             return None if row is None else row["turn_id"]
 

@@ -124,13 +124,13 @@ async def chat_stream(
     chat_id = id
     after = resume_from(last_event_id)
     cid = await services.chats.find(stream_caller.caller, chat_id, read=True)
-    if cid is None and stream_caller.conversation_id is not None:
-        stream_caller.check_ticket_scope(chat_conversation_id(stream_caller.caller, chat_id))
-    if cid is None:
-        return Response(None, status_code=HTTP_204_NO_CONTENT)
-    caller = stream_caller.check_ticket_scope(cid)
-    turn_id = await services.conversations.active_turn(caller, cid)
-    if turn_id is None:
+    # A chat not made yet is checked as the conversation it will be: a ticket of another
+    # conversation is 404 here too.
+    caller = stream_caller.check_ticket_scope(
+        cid or chat_conversation_id(stream_caller.caller, chat_id)
+    )
+    turn_id = None if cid is None else await services.conversations.active_turn(caller, cid)
+    if cid is None or turn_id is None:
         return Response(None, status_code=HTTP_204_NO_CONTENT)
     # From the first event, whatever the client has: the chunks after ``after`` depend
     # on the parts the earlier ones opened.
