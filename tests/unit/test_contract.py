@@ -63,7 +63,7 @@ def test_the_sse_events_and_the_nats_types_are_the_contracts() -> None:
     names = set(re.findall(r"^  - `([\w.]+)`:", frames, re.M))
     assert names == {name for name, _ in SSE_EVENTS.values()}
     nats = section("NATS JetStream")
-    kinds = re.findall(r"with type one of\s+`([^`]+)`", nats)[0].split(", ")
+    kinds = re.split(r",\s*", re.findall(r"with type one of\s+`([^`]+)`", nats)[0])
     kinds += re.findall(r"conversation\.<type>` \(`([^`]+)`\)", nats)[0].split(", ")
     assert set(kinds) == set(SUBJECT_TYPES.values())
 

@@ -80,8 +80,24 @@ def one_event_of_each_type() -> list[tuple[DomainEvent, Any, Any]]:
         turn(Turn.ReasoningAppended, 2, text="Thinking"),
         turn(Turn.TokensAppended, 3, text="Hel"),
         turn(Turn.Titled, 4, title="Greetings"),
-        turn(Turn.Finished, 5, status="completed", text="Hel", usage=usage),
-        turn(Turn.Failed, 5, code="runner_lost", message="The runner died", text="Hel"),
+        turn(Turn.ToolCallStarted, 5, call_id="call_1", name="weather"),
+        turn(Turn.ToolArgumentsAppended, 6, call_id="call_1", text='{"city":'),
+        turn(
+            Turn.ToolCallReady,
+            7,
+            call_id="call_1",
+            name="weather",
+            arguments={"city": "Oslo"},
+            kind="server",
+            server="files",
+        ),
+        turn(Turn.ApprovalRequested, 8, call_id="call_1", name="weather"),
+        turn(Turn.ApprovalDecided, 9, call_id="call_1", approved=True, by="alice"),
+        turn(Turn.ToolResultRecorded, 10, call_id="call_1", output={"temp_c": 4}),
+        turn(Turn.StepFinished, 11, step=1, finish_reason="tool_calls", usage=usage),
+        turn(Turn.Waiting, 12, reason="tool_result", call_ids=("call_2",), until=now),
+        turn(Turn.Finished, 13, status="completed", text="Hel", usage=usage),
+        turn(Turn.Failed, 13, code="runner_lost", message="The runner died", text="Hel"),
     ]
     conversation_events = [
         conversation(Conversation.Created, 1, tenant="acme", owner="alice", model="demo"),
@@ -124,8 +140,9 @@ def test_envelopes_of_every_event_type_validate() -> None:
 def test_the_schema_refuses_envelopes_that_break_the_contract() -> None:
     check = validator()
     events = one_event_of_each_type()
-    started = envelope_of(*events[0], position=7)
-    created = envelope_of(*events[6], position=8)
+    by_type = {type(e[0]): e for e in events}
+    started = envelope_of(*by_type[Turn.Started], position=7)
+    created = envelope_of(*by_type[Conversation.Created], position=8)
 
     # A turn event without its turn, a conversation event with one.
     assert not check.is_valid({**started, "turn_id": None})
@@ -135,7 +152,7 @@ def test_the_schema_refuses_envelopes_that_break_the_contract() -> None:
     assert not check.is_valid({**started, "position": 0})
     assert not check.is_valid({**started, "id": "not-an-id"})
     # `data` that does not fit its type: a final without its status.
-    final = envelope_of(*events[4], position=9)
+    final = envelope_of(*by_type[Turn.Finished], position=9)
     del final["data"]["status"]
     assert not check.is_valid(final)
     # A missing envelope field.

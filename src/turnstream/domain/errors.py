@@ -87,6 +87,16 @@ class TurnEnded(Conflict):
         super().__init__(f"Turn {turn_id} has ended; nothing may follow its end.")
 
 
+class ToolCallNotPending(Conflict):
+    """A tool result or decision the turn does not wait for; the code says why:
+    ``unknown_tool_call``, ``tool_call_answered``, ``tool_call_not_pending`` or
+    ``turn_not_waiting``."""
+
+    def __init__(self, call_id: str, code: str, why: str) -> None:
+        super().__init__(f"Tool call {call_id!r}: {why}", call_id=call_id)
+        self.code = code
+
+
 class ModelUnavailable(TurnstreamError):
     code = "model_unavailable"
 

@@ -9,14 +9,16 @@ drafts of many turns at once, gives each its version and makes its event with
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import ClassVar, Literal
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 from turnstream.domain.errors import TurnEnded
 from turnstream.domain.events import utcnow
-from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
+from turnstream.domain.tools import Steps, ToolKind, WaitingFor, parse_arguments
+from turnstream.domain.turn import Turn, TurnEvent, TurnUsage, add_usage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +39,10 @@ class DeltaDraft(Draft):
     """A piece of text. Consecutive deltas of one kind of one turn make one event."""
 
     text: str
+
+    def joins(self, other: DeltaDraft) -> bool:
+        """Whether ``other``, right after this of the same turn, merges into it."""
+        return type(other) is type(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,9 +110,38 @@ class FailDraft(Draft):
         )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArgumentsDraft(DeltaDraft):
+    call_id: str
+
+    def joins(self, other: DeltaDraft) -> bool:
+        return isinstance(other, ArgumentsDraft) and other.call_id == self.call_id
+
+    def event(self, version: int) -> Turn.ToolArgumentsAppended:
+        return Turn.ToolArgumentsAppended(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            call_id=self.call_id, text=self.text,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FactDraft(Draft):
+    """A fact whose event has no more than its fields (a call begun, complete, its
+    result, an approval asked, a step's end, a pause): made by the event class."""
+
+    kind: type[TurnEvent]
+    fields: dict[str, Any]
+
+    def event(self, version: int) -> TurnEvent:
+        return self.kind(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            **self.fields,
+        )  # fmt: skip
+
+
 def merge_deltas(first: DeltaDraft, more: list[str]) -> DeltaDraft:
     """``first`` with the texts of the deltas that followed it appended (its time kept)."""
-    return type(first)(turn_id=first.turn_id, at=first.at, text=first.text + "".join(more))
+    return dataclasses.replace(first, text=first.text + "".join(more))
 
 
 class TurnProgress:
@@ -124,6 +159,19 @@ class TurnProgress:
         self._reasoning: list[str] = []
         self.titled = False
         self.ended = False
+        self.steps = Steps()
+        self.steps_usage: TurnUsage | None = None
+        self.tools = started.tools
+
+    @classmethod
+    def resume(cls, turn: Turn) -> TurnProgress:
+        """The progress of a waiting turn taken up again (on any node): what it streamed
+        so far is its prefix, its steps and calls are as folded."""
+        progress = cls(turn.started)
+        progress.prefix, progress.reasoning_prefix = turn.text, turn.reasoning
+        progress.titled = turn.title is not None
+        progress.steps, progress.steps_usage = turn.steps, turn.steps_usage
+        return progress
 
     @property
     def generated_text(self) -> str:
@@ -139,6 +187,7 @@ class TurnProgress:
         if not text:
             return None
         self._text.append(text)
+        self.steps.text(text)
         return TextDraft(turn_id=self.turn_id, text=text)
 
     def append_reasoning(self, text: str) -> ReasoningDraft | None:
@@ -146,7 +195,70 @@ class TurnProgress:
         if not text:
             return None
         self._reasoning.append(text)
+        self.steps.reasoning(text)
         return ReasoningDraft(turn_id=self.turn_id, text=text)
+
+    # Tools.
+
+    def _fact(self, kind: type[TurnEvent], **fields: Any) -> FactDraft:
+        self._check_running()
+        return FactDraft(turn_id=self.turn_id, kind=kind, fields=fields)
+
+    def call_started(self, call_id: str, name: str) -> FactDraft:
+        draft = self._fact(Turn.ToolCallStarted, call_id=call_id, name=name)
+        self.steps.call_started(call_id, name)
+        return draft
+
+    def call_arguments(self, call_id: str, text: str) -> ArgumentsDraft | None:
+        self._check_running()
+        if not text:
+            return None
+        self.steps.arguments(call_id, text)
+        return ArgumentsDraft(turn_id=self.turn_id, call_id=call_id, text=text)
+
+    def call_ready(
+        self, call_id: str, kind: ToolKind, server: str | None = None
+    ) -> tuple[FactDraft, str | None]:
+        """The call complete, its arguments parsed; and why they are unusable, if so."""
+        call = self.steps.calls[call_id]
+        arguments, problem = parse_arguments(call.arguments_text)
+        draft = self._fact(
+            Turn.ToolCallReady, call_id=call_id, name=call.name, arguments=arguments,
+            kind=kind, server=server,
+        )  # fmt: skip
+        self.steps.call_ready(call_id, arguments, kind, server)
+        return draft, problem
+
+    def approval_requested(self, call_id: str) -> FactDraft:
+        call = self.steps.calls[call_id]
+        draft = self._fact(Turn.ApprovalRequested, call_id=call_id, name=call.name)
+        self.steps.approval_requested(call_id)
+        return draft
+
+    def result(self, call_id: str, output: Any, *, is_error: bool) -> FactDraft:
+        """A server tool's result (or an error the turn itself gives a call)."""
+        draft = self._fact(
+            Turn.ToolResultRecorded, call_id=call_id, output=output, is_error=is_error
+        )
+        self.steps.result(call_id, output, is_error)
+        return draft
+
+    def step_finished(self, finish_reason: str | None, usage: TurnUsage | None) -> FactDraft:
+        draft = self._fact(
+            Turn.StepFinished, step=self.steps.number, finish_reason=finish_reason, usage=usage
+        )
+        self.steps.step_finished(finish_reason)
+        self.steps_usage = add_usage(self.steps_usage, usage)
+        return draft
+
+    def wait(self, reason: WaitingFor, call_ids: list[str], wait_s: float) -> FactDraft:
+        """Pause: the runner stops after this; the turn stays open, held by no one."""
+        draft = self._fact(
+            Turn.Waiting, reason=reason, call_ids=tuple(call_ids),
+            until=utcnow() + timedelta(seconds=wait_s),
+        )  # fmt: skip
+        self.ended = True  # for this runner: nothing more until someone takes it up
+        return draft
 
     def title(self, title: str) -> TitleDraft | None:
         """The conversation's title, in its first turn (once; later ones are None)."""

@@ -9,7 +9,14 @@ A turn's events are its stream: the event's version is its position in the turn 
   the rest (text, reasoning, a title, the end) and checks that nothing follows the end;
   the group writer numbers the drafts of many turns in one commit and turns each into
   its event with ``Draft.event``;
-- a folded :class:`Turn` whose runner died makes its end with :meth:`Turn.lose_runner`.
+- a folded :class:`Turn` whose runner died makes its end with :meth:`Turn.lose_runner`;
+- a folded :class:`Turn` that waits (for tool results or approvals, with no runner)
+  takes them with :meth:`Turn.answer` and :meth:`Turn.decide`, and ends, if it must
+  (cancelled, or waiting too long), with :meth:`Turn.end_waiting`.
+
+A turn is a sequence of model steps (``turnstream.domain.tools``): in each the model may
+call tools; the turn then runs them, or pauses (``Waiting``) until a client posts their
+results or a person decides, and whichever node takes those continues it.
 
 The events are plain facts: how they are named on SSE, on NATS or in metrics is decided
 by those parts, in tables of their own.
@@ -19,19 +26,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 import msgspec
 
-from turnstream.domain.errors import TurnEnded
+from turnstream.domain.errors import ToolCallNotPending, TurnEnded
 from turnstream.domain.events import DomainEvent, utcnow
+from turnstream.domain.tools import Steps, ToolKind, ToolSpec, WaitingFor
 
 TurnMode = Literal["message", "retry", "edit", "continue"]
 TurnStatus = Literal["running", "completed", "interrupted", "failed"]
 
 RUNNER_LOST = "runner_lost"
 """The code of a turn ended because the process running it stopped."""
+TOOL_TIMEOUT = "tool_timeout"
+"""The code of a turn that waited longer than allowed for tool results or approvals."""
 
 
 class TurnUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +54,19 @@ class TurnEvent(DomainEvent, frozen=True, kw_only=True):
     """An event of a turn; a terminal one ends it."""
 
     TERMINAL: ClassVar[bool] = False
+    PAUSES: ClassVar[bool] = False
+    """The turn waits after this event, and no process runs it."""
+
+
+def add_usage(a: TurnUsage | None, b: TurnUsage | None) -> TurnUsage | None:
+    """The usage of two steps together (estimated if either was)."""
+    if a is None or b is None:
+        return a or b
+    return TurnUsage(
+        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+        completion_tokens=a.completion_tokens + b.completion_tokens,
+        estimated=a.estimated or b.estimated,
+    )
 
 
 class Turn:
@@ -70,6 +93,8 @@ class Turn:
         """For ``continue``: the reasoning the answer had so far."""
         client_message_id: str | None = None
         """The client's own id of the user message (a chat client's, e.g. the AI SDK's)."""
+        tools: tuple[ToolSpec, ...] = ()
+        """The client tools offered in this turn (the turn's, else its conversation's)."""
 
     class ReasoningAppended(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.reasoning_appended.v1"
@@ -85,6 +110,80 @@ class Turn:
         TOPIC = "turnstream.turn.titled.v1"
 
         title: str
+
+    class ToolCallStarted(TurnEvent, frozen=True, kw_only=True):
+        """The model began a tool call."""
+
+        TOPIC = "turnstream.turn.tool_call_started.v1"
+
+        call_id: str
+        name: str
+
+    class ToolArgumentsAppended(TurnEvent, frozen=True, kw_only=True):
+        """A piece of a call's arguments (JSON text), as the model streams them."""
+
+        TOPIC = "turnstream.turn.tool_arguments_appended.v1"
+
+        call_id: str
+        text: str
+
+    class ToolCallReady(TurnEvent, frozen=True, kw_only=True):
+        """A call complete: its arguments parsed (None when they are not a JSON object:
+        an error result follows), and who runs it."""
+
+        TOPIC = "turnstream.turn.tool_call_ready.v1"
+
+        call_id: str
+        name: str
+        arguments: Any
+        kind: ToolKind
+        server: str | None = None
+        """The MCP server of a server tool."""
+
+    class ApprovalRequested(TurnEvent, frozen=True, kw_only=True):
+        TOPIC = "turnstream.turn.approval_requested.v1"
+
+        call_id: str
+        name: str
+
+    class ApprovalDecided(TurnEvent, frozen=True, kw_only=True):
+        TOPIC = "turnstream.turn.approval_decided.v1"
+
+        call_id: str
+        approved: bool
+        by: str
+        """Who decided (the user's id)."""
+        reason: str | None = None
+
+    class ToolResultRecorded(TurnEvent, frozen=True, kw_only=True):
+        TOPIC = "turnstream.turn.tool_result_recorded.v1"
+
+        call_id: str
+        output: Any
+        """Any JSON value; the model reads text as it is and anything else as JSON."""
+        is_error: bool = False
+        by: Literal["client", "server"] = "server"
+
+    class StepFinished(TurnEvent, frozen=True, kw_only=True):
+        """The boundary of a model step: why the model stopped, and what it cost."""
+
+        TOPIC = "turnstream.turn.step_finished.v1"
+
+        step: int
+        finish_reason: str | None = None
+        usage: TurnUsage | None = None
+
+    class Waiting(TurnEvent, frozen=True, kw_only=True):
+        """The turn pauses until these calls have their results or decisions; no process
+        holds it meanwhile, and any node continues it."""
+
+        TOPIC = "turnstream.turn.waiting.v1"
+        PAUSES = True
+
+        reason: WaitingFor
+        call_ids: tuple[str, ...]
+        until: datetime
+        """When it ends with ``tool_timeout`` if still waiting."""
 
     class Finished(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.finished.v1"
@@ -118,6 +217,16 @@ class Turn:
         self.usage: TurnUsage | None = None
         self.error_code: str | None = None
         self.ended_at: datetime | None = None
+        self.steps = Steps()
+        self.steps_usage: TurnUsage | None = None
+        """The usage of the finished steps, summed."""
+        self.waiting_until: datetime | None = None
+        """Set while the turn waits (its last event is ``Waiting``)."""
+
+    @property
+    def waiting(self) -> tuple[WaitingFor, list[str]] | None:
+        """What the turn waits for and the call ids, when it waits."""
+        return self.steps.waiting() if self.waiting_until is not None else None
 
     @property
     def conversation_id(self) -> UUID:
@@ -132,10 +241,29 @@ class Turn:
             msg = f"turn {self.id}: event {event.originator_version} after {self.version}"
             raise ValueError(msg)
         self.version = event.originator_version
+        self.waiting_until = event.until if isinstance(event, Turn.Waiting) else None
+        steps = self.steps
         if isinstance(event, Turn.TokensAppended):
             self.text += event.text
+            steps.text(event.text)
         elif isinstance(event, Turn.ReasoningAppended):
             self.reasoning += event.text
+            steps.reasoning(event.text)
+        elif isinstance(event, Turn.ToolCallStarted):
+            steps.call_started(event.call_id, event.name)
+        elif isinstance(event, Turn.ToolArgumentsAppended):
+            steps.arguments(event.call_id, event.text)
+        elif isinstance(event, Turn.ToolCallReady):
+            steps.call_ready(event.call_id, event.arguments, event.kind, event.server)
+        elif isinstance(event, Turn.ApprovalRequested):
+            steps.approval_requested(event.call_id)
+        elif isinstance(event, Turn.ApprovalDecided):
+            steps.decided(event.call_id, event.approved)
+        elif isinstance(event, Turn.ToolResultRecorded):
+            steps.result(event.call_id, event.output, event.is_error)
+        elif isinstance(event, Turn.StepFinished):
+            steps.step_finished(event.finish_reason)
+            self.steps_usage = add_usage(self.steps_usage, event.usage)
         elif isinstance(event, Turn.Titled):
             self.title = event.title
         elif isinstance(event, Turn.Finished):
@@ -187,6 +315,7 @@ class Turn:
         prefix: str = "",
         reasoning_prefix: str = "",
         client_message_id: str | None = None,
+        tools: tuple[ToolSpec, ...] = (),
         at: datetime | None = None,
     ) -> Turn.Started:
         """A new turn: its first event. A mode that adds a user message has its id."""
@@ -211,6 +340,7 @@ class Turn:
             prefix=prefix,
             reasoning_prefix=reasoning_prefix,
             client_message_id=client_message_id if user_message_id is not None else None,
+            tools=tools,
         )
 
     def lose_runner(self, at: datetime | None = None) -> Turn.Failed:
@@ -226,3 +356,80 @@ class Turn:
             text=self.text,
             reasoning=self.reasoning,
         )
+
+    # Commands of a waiting turn (no runner holds it: whoever takes it records these).
+
+    def _next(self, at: datetime | None) -> dict[str, Any]:
+        return {
+            "originator_id": self.id,
+            "originator_version": self.version + 1,
+            "timestamp": at or utcnow(),
+        }
+
+    def answer(
+        self, call_id: str, output: Any, *, is_error: bool = False, at: datetime | None = None
+    ) -> Turn.ToolResultRecorded:
+        """A client's result of one of the calls it waits for (see :meth:`pending_call`)."""
+        self.pending_call(call_id, "tool_result")
+        event = Turn.ToolResultRecorded(
+            **self._next(at), call_id=call_id, output=output, is_error=is_error, by="client"
+        )
+        self.apply(event)
+        return event
+
+    def decide(
+        self,
+        call_id: str,
+        *,
+        approved: bool,
+        by: str,
+        reason: str | None = None,
+        at: datetime | None = None,
+    ) -> list[TurnEvent]:
+        """A person's decision on a call that waits for one; a refusal is also the call's
+        result (the model reads it), an approval lets the next runner call the tool."""
+        self.pending_call(call_id, "approval")
+        decided = Turn.ApprovalDecided(
+            **self._next(at), call_id=call_id, approved=approved, by=by, reason=reason
+        )
+        self.apply(decided)
+        if approved:
+            return [decided]
+        why = f"The user refused this call{': ' + reason if reason else '.'}"
+        refused = Turn.ToolResultRecorded(
+            **self._next(at), call_id=call_id, output=why, is_error=True, by="server"
+        )
+        self.apply(refused)
+        return [decided, refused]
+
+    def pending_call(self, call_id: str, reason: WaitingFor) -> None:
+        """Raise unless the turn waits for ``call_id`` for ``reason`` (409 with its code)."""
+        if self.ended:
+            raise ToolCallNotPending(call_id, "turn_not_waiting", "The turn has ended.")
+        call = self.steps.calls.get(call_id)
+        if call is None:
+            raise ToolCallNotPending(call_id, "unknown_tool_call", "The turn has no such call.")
+        if call.answered or (reason == "approval" and call.approval != "requested"):
+            what = "result" if reason == "tool_result" else "decision"
+            raise ToolCallNotPending(call_id, "tool_call_answered", f"It has its {what}.")
+        if call.waits_for != reason:
+            needs = "a person's decision" if call.waits_for == "approval" else "no such answer"
+            raise ToolCallNotPending(call_id, "tool_call_not_pending", f"It waits for {needs}.")
+
+    def end_waiting(
+        self, *, code: str | None, message: str = "", at: datetime | None = None
+    ) -> TurnEvent:
+        """End a turn no runner holds: interrupted (``code`` None: cancelled) or failed
+        with ``code`` (``tool_timeout``). The text so far is kept."""
+        if self.ended:
+            raise TurnEnded(self.id)
+        if code is None:
+            return Turn.Finished(
+                **self._next(at), status="interrupted", text=self.text,
+                reasoning=self.reasoning, finish_reason="cancelled",
+                usage=self.steps_usage or TurnUsage(estimated=True),
+            )  # fmt: skip
+        return Turn.Failed(
+            **self._next(at), code=code, message=message, text=self.text,
+            reasoning=self.reasoning, usage=self.steps_usage,
+        )  # fmt: skip

@@ -35,6 +35,7 @@ from turnstream.domain.errors import (
     PayloadTooLarge,
     QuotaExhausted,
     ServiceUnavailable,
+    ToolCallNotPending,
     TooManyTurns,
     TurnInProgress,
     TurnNotFound,
@@ -77,6 +78,11 @@ ERRORS: dict[type[TurnstreamError], Answer] = {
     Conflict: Answer(409, "Conflict", "the request conflicts with the state"),
     TurnInProgress: Answer(
         409, "A turn is in progress", "the conversation has a running turn (its `turn_id`)"
+    ),
+    ToolCallNotPending: Answer(
+        409,
+        "Tool call not pending",
+        "a tool result or approval the turn does not wait for (the code says why)",
     ),
     ModelUnavailable: Answer(
         410, "Model unavailable", "the conversation's model is no longer served"

@@ -69,18 +69,35 @@ def _text(e: Turn.TokensAppended | Turn.ReasoningAppended) -> dict[str, Any]:
     return {"text": e.text}
 
 
+def _fields(*names: str) -> Callable[[Any], dict[str, Any]]:
+    """The data of a frame that carries these fields of its event as they are."""
+
+    def data(e: Any) -> dict[str, Any]:
+        return {n: msgspec.to_builtins(getattr(e, n)) for n in names}
+
+    return data
+
+
 SSE_EVENTS: dict[type[TurnEvent], tuple[str, Callable[[Any], dict[str, Any]]]] = {
     Turn.Started: ("turn.started", _started),
     Turn.ReasoningAppended: ("reasoning", _text),
     Turn.TokensAppended: ("token", _text),
     Turn.Titled: ("title", lambda e: {"title": e.title}),
+    Turn.ToolCallStarted: ("tool_call.started", _fields("call_id", "name")),
+    Turn.ToolArgumentsAppended: ("tool_call.arguments", _fields("call_id", "text")),
+    Turn.ToolCallReady: ("tool_call", _fields("call_id", "name", "arguments", "kind", "server")),
+    Turn.ApprovalRequested: ("approval.requested", _fields("call_id", "name")),
+    Turn.ApprovalDecided: ("approval.decided", _fields("call_id", "approved", "by", "reason")),
+    Turn.ToolResultRecorded: ("tool_result", _fields("call_id", "output", "is_error")),
+    Turn.StepFinished: ("step", _fields("step", "finish_reason", "usage")),
+    Turn.Waiting: ("waiting", _fields("reason", "call_ids", "until")),
     Turn.Finished: ("final", _final),
     Turn.Failed: ("error", lambda e: {"code": e.code, "message": e.message, "text": e.text}),
 }
 """Each turn event's SSE name and data (the contract's fields; ``seq`` and ``turn_id``
 are added to every frame)."""
 
-PADDED = frozenset({Turn.TokensAppended, Turn.ReasoningAppended})
+PADDED = frozenset({Turn.TokensAppended, Turn.ReasoningAppended, Turn.ToolArgumentsAppended})
 """The frames whose length would reveal the length of the text they carry."""
 
 

@@ -1,20 +1,37 @@
-"""What a model provider is: an async stream of reasoning and text deltas, then an end."""
+"""What a model provider is: an async stream of reasoning, text and tool-call deltas,
+then an end."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal, Protocol
 
 import msgspec
 
+from turnstream.domain.tools import ToolSpec
 from turnstream.settings import ModelConfig
 
 
-class ChatMessage(msgspec.Struct, frozen=True):
-    """One message the model sees, in order: system prompt first."""
+class ToolCallRequest(msgspec.Struct, frozen=True):
+    """A call the model made in an earlier step, as the model is shown it again."""
 
-    role: Literal["system", "user", "assistant"]
+    call_id: str
+    name: str
+    arguments: str
+    """The arguments' JSON text."""
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    """One message the model sees, in order: system prompt first.
+
+    An assistant message of a step that called tools carries the calls; each call's
+    result follows as a ``tool`` message naming its ``tool_call_id``.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    tool_call_id: str | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +52,20 @@ class ReasoningDelta(msgspec.Struct, frozen=True):
     text: str
 
 
+class ToolCallBegun(msgspec.Struct, frozen=True):
+    """The model began a tool call (its id and the tool's name)."""
+
+    call_id: str
+    name: str
+
+
+class ToolCallArguments(msgspec.Struct, frozen=True):
+    """A piece of a begun call's arguments (JSON text)."""
+
+    call_id: str
+    text: str
+
+
 class Completed(msgspec.Struct, frozen=True, kw_only=True):
     """The model finished. ``usage`` is None when the server did not report it."""
 
@@ -42,7 +73,7 @@ class Completed(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage | None = None
 
 
-Chunk = TextDelta | ReasoningDelta | Completed
+Chunk = TextDelta | ReasoningDelta | ToolCallBegun | ToolCallArguments | Completed
 
 
 class ProviderError(Exception):
@@ -54,9 +85,18 @@ class ProviderError(Exception):
 
 
 class Provider(Protocol):
-    """Streams one answer. Ends with exactly one :class:`Completed` or raises ProviderError."""
+    """Streams one model step. Ends with exactly one :class:`Completed` or raises
+    ProviderError. With ``tools``, the model may call them (``ToolCallBegun`` then its
+    ``ToolCallArguments``; ``finish_reason`` "tool_calls")."""
 
-    def stream(self, model: ModelConfig, messages: list[ChatMessage]) -> AsyncIterator[Chunk]: ...
+    def stream(
+        self, model: ModelConfig, messages: list[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[Chunk]: ...
+
+
+def tool_param(tool: ToolSpec) -> dict[str, Any]:
+    """A tool as an OpenAI-compatible server takes it."""
+    return msgspec.to_builtins(tool)  # type: ignore[no-any-return]
 
 
 def estimate_tokens(text: str) -> int:
@@ -64,8 +104,14 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
+def message_tokens(message: ChatMessage) -> int:
+    """A message's rough token count, with its calls' arguments."""
+    calls = sum(estimate_tokens(c.name + c.arguments) for c in message.tool_calls)
+    return estimate_tokens(message.content) + calls + 4
+
+
 def estimate_usage(messages: list[ChatMessage], answer: str, reasoning: str = "") -> Usage:
-    prompt = sum(estimate_tokens(m.content) + 4 for m in messages)
+    prompt = sum(message_tokens(m) for m in messages)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=estimate_tokens(answer) + estimate_tokens(reasoning),

@@ -33,10 +33,17 @@ from turnstream.settings.groups import (
     ServerSettings,
     SseSettings,
     StoreSettings,
+    ToolSettings,
     TurnSettings,
     WriterSettings,
 )
-from turnstream.settings.models import DEMO_MODEL, ModelConfig, ModelSettings, default_model_id
+from turnstream.settings.models import (
+    DEMO_MODEL,
+    McpServerConfig,
+    ModelConfig,
+    ModelSettings,
+    default_model_id,
+)
 
 __all__ = [
     "DEMO_MODEL",
@@ -44,6 +51,7 @@ __all__ = [
     "BrowserSettings",
     "GuestSettings",
     "LimitSettings",
+    "McpServerConfig",
     "ModelConfig",
     "ModelSettings",
     "NatsSettings",
@@ -54,6 +62,7 @@ __all__ = [
     "SettingsError",
     "SseSettings",
     "StoreSettings",
+    "ToolSettings",
     "TurnSettings",
     "WriterSettings",
     "default_model_id",
@@ -71,6 +80,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
     projections: ProjectionSettings = msgspec.field(default_factory=ProjectionSettings)
     turns: TurnSettings = msgspec.field(default_factory=TurnSettings)
+    tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     guests: GuestSettings = msgspec.field(default_factory=GuestSettings)
     browsers: BrowserSettings = msgspec.field(default_factory=BrowserSettings)

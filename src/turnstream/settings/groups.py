@@ -119,6 +119,21 @@ class TurnSettings(Group, frozen=True, kw_only=True, rename=str.upper):
     """On SIGTERM, how long running turns may finish before they are interrupted."""
 
 
+class ToolSettings(Group, frozen=True, kw_only=True, rename=str.upper):
+    """Tools in turns: how many model steps, how long a tool and a wait may take."""
+
+    turn_max_steps: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    """Model steps one turn may take (each after the first follows tool results); beyond,
+    the turn ends with ``too_many_steps``."""
+    tool_timeout_s: float = 30.0
+    """How long one MCP tool call may take; beyond, the model gets an error result."""
+    tool_output_max_bytes: int = 65_536
+    """The most of one tool result the turn keeps and the model sees (cut beyond)."""
+    tool_wait_s: float = 3600.0
+    """How long a turn waits for tool results or approvals before it ends with
+    ``tool_timeout``."""
+
+
 class LimitSettings(Group, frozen=True, kw_only=True, rename=named("LIMIT_")):
     """Limits and quotas per user (each 0 = off)."""
 

@@ -34,10 +34,31 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     temperature: float | None = None
     timeout_s: float = 120.0
     """How long the provider may stay silent before the turn fails."""
+    mcp_servers: tuple[str, ...] = ()
+    """The ids of the MCP servers (``[[mcp_servers]]``) whose tools this model may call."""
 
     @property
     def provider_model(self) -> str:
         return self.model or self.id
+
+
+class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An MCP server whose tools turnstream calls for the model (``[[mcp_servers]]``)."""
+
+    id: str
+    command: tuple[str, ...] | None = None
+    """A stdio server: the program and its arguments."""
+    url: str | None = None
+    """A streamable HTTP server's URL (``http://…/mcp``)."""
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra environment of a stdio server."""
+    approval: Literal["always", "never"] | tuple[str, ...] = "never"
+    """Which calls wait for a person's approval: all, none, or those of these tools."""
+
+    def needs_approval(self, tool: str) -> bool:
+        if isinstance(self.approval, tuple):
+            return tool in self.approval
+        return self.approval == "always"
 
 
 DEMO_MODEL = ModelConfig(
@@ -64,24 +85,47 @@ class ModelSettings(
     demo_tokens: int = 120
     """Length of the demo model's answers, in tokens."""
 
-    def load(self) -> dict[str, ModelConfig]:
-        """The configured models by id, ``demo`` first unless the file redefines it."""
-        models: dict[str, ModelConfig] = {"demo": DEMO_MODEL}
+    def _read(self) -> dict[str, object]:
         if self.file is None:
-            return models
+            return {}
         try:
-            data = tomllib.loads(self.file.read_text())
+            return tomllib.loads(self.file.read_text())
         except OSError as exc:
             msg = f"cannot read the models file {self.file}: {exc.strerror}"
             raise SettingsError(msg) from None
         except tomllib.TOMLDecodeError as exc:
             msg = f"the models file {self.file} is not valid TOML: {exc}"
             raise SettingsError(msg) from None
+
+    def mcp_servers(self) -> dict[str, McpServerConfig]:
+        """The MCP servers of the models file, by id."""
         try:
-            entries = msgspec.convert(data.get("models", []), list[ModelConfig])
+            entries = msgspec.convert(self._read().get("mcp_servers", []), list[McpServerConfig])
         except msgspec.ValidationError as exc:
             msg = f"the models file {self.file} is invalid: {exc}"
             raise SettingsError(msg) from None
+        servers: dict[str, McpServerConfig] = {}
+        for entry in entries:
+            if (entry.command is None) == (entry.url is None):
+                msg = f"MCP server {entry.id!r}: give either command (stdio) or url (HTTP)"
+                raise SettingsError(msg)
+            if entry.id in servers:
+                msg = f"MCP server {entry.id!r} is listed twice"
+                raise SettingsError(msg)
+            servers[entry.id] = entry
+        return servers
+
+    def load(self) -> dict[str, ModelConfig]:
+        """The configured models by id, ``demo`` first unless the file redefines it."""
+        models: dict[str, ModelConfig] = {"demo": DEMO_MODEL}
+        if self.file is None:
+            return models
+        try:
+            entries = msgspec.convert(self._read().get("models", []), list[ModelConfig])
+        except msgspec.ValidationError as exc:
+            msg = f"the models file {self.file} is invalid: {exc}"
+            raise SettingsError(msg) from None
+        servers = self.mcp_servers()
         for entry in entries:
             if entry.provider == "openai" and not entry.base_url:
                 msg = f"model {entry.id!r}: an openai provider needs base_url"
@@ -95,6 +139,10 @@ class ModelSettings(
             if entry.title_model is not None and entry.title_model not in models:
                 msg = f"model {entry.id!r} names an unknown title_model {entry.title_model!r}"
                 raise SettingsError(msg)
+            for server in entry.mcp_servers:
+                if server not in servers:
+                    msg = f"model {entry.id!r} names an unknown MCP server {server!r}"
+                    raise SettingsError(msg)
         return models
 
 

@@ -7,7 +7,7 @@ these calls on its bounded executor.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 from uuid import UUID
 
@@ -164,6 +164,20 @@ class TurnstreamApplication(Application[UUID]):
         return self.store.start_turn(
             conn, self.encode(started), started.conversation_id, started.node_id, admission
         )
+
+    def append_to_waiting(
+        self,
+        turn_id: UUID,
+        events: Sequence[TurnEvent],
+        *,
+        take: UUID | None = None,
+        end: bool = False,
+    ) -> int | None:
+        """Append a waiting turn's events (see ``TurnstreamRecorder.append_to_waiting``):
+        the log position of the last, or None when the turn no longer waits."""
+        rows = [self.encode_row(e) for e in events]
+        with self.store.datastore.get_connection() as conn:
+            return self.store.append_to_waiting(conn, turn_id, rows, take=take, end=end)
 
     def end_orphans(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -91,6 +92,14 @@ def _explicit_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
         raise
 
 
+Pause = tuple[UUID, datetime]
+"""A turn a commit pauses, and when its wait runs out."""
+
+
+def _pauses(paused: Sequence[Pause]) -> tuple[list[UUID], list[datetime]]:
+    return [p[0] for p in paused], [p[1] for p in paused]
+
+
 def as_row(event: StoredEvent) -> Row:
     return (event.originator_id, event.originator_version, event.topic, event.state)
 
@@ -145,6 +154,16 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
                     " ADD COLUMN IF NOT EXISTS reserved_tokens bigint NOT NULL DEFAULT 0,"
                     " ADD COLUMN IF NOT EXISTS ended_position bigint"
                 ).format(self.index_table),
+                # A turn that waits for tool results or approvals: no runner holds it
+                # (recovery leaves it alone) until whichever node takes it up, or
+                # until ``wait_until``, when it ends with tool_timeout.
+                SQL(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS waiting boolean NOT NULL"
+                    " DEFAULT false, ADD COLUMN IF NOT EXISTS wait_until timestamptz"
+                ).format(self.index_table),
+                SQL("CREATE INDEX IF NOT EXISTS {} ON {} (wait_until) WHERE waiting").format(
+                    Identifier(f"{events_table_name}_turns_waiting"), self.index_table
+                ),
                 SQL("CREATE INDEX IF NOT EXISTS {} ON {} (user_key, ended_position)").format(
                     Identifier(f"{events_table_name}_turns_by_user"), self.index_table
                 ),
@@ -192,6 +211,8 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
             SQL(
                 "UPDATE {ix} SET ended = true, ended_position = (SELECT max(notification_id)"
                 " FROM {ev}) WHERE turn_id = ANY(%s::uuid[]);"
+                " UPDATE {ix} SET waiting = true, wait_until = u.t FROM unnest(%s::uuid[],"
+                " %s::timestamptz[]) AS u(i, t) WHERE turn_id = u.i;"
                 " SELECT max(notification_id) FROM {ev}; COMMIT"
             )
             .format(ix=self.index_table, ev=self.events_table)
@@ -213,12 +234,18 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
                 " RETURNING notification_id),"
                 " m AS (SELECT max(notification_id) AS p FROM i),"
                 " e AS (UPDATE {ix} SET ended = true, ended_position = (SELECT p FROM m)"
-                " WHERE turn_id = ANY(%s::uuid[]))"
+                " WHERE turn_id = ANY(%s::uuid[])),"
+                " w AS (UPDATE {ix} SET waiting = true, wait_until = u.t FROM unnest("
+                "%s::uuid[], %s::timestamptz[]) AS u(i, t) WHERE turn_id = u.i)"
                 " SELECT p FROM m"
             )
             .format(ix=self.index_table, ev=self.events_table)
             .as_bytes(None)
         )
+        self._claim_sql = SQL(
+            "UPDATE {} SET waiting = %s, node_id = COALESCE(%s, node_id)"
+            " WHERE turn_id = %s AND waiting AND NOT ended RETURNING turn_id"
+        ).format(self.index_table)
         self.end_turns_sql = SQL(
             "UPDATE {ix} SET ended = true, ended_position = (SELECT max(notification_id)"
             " FROM {ev}) WHERE turn_id = ANY(%s::uuid[])"
@@ -322,6 +349,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         conn: psycopg.Connection[Any],
         events: Sequence[Row],
         ended: Sequence[UUID],
+        paused: Sequence[Pause],
         deltas_only: bool,
     ) -> int:
         ids = [i if type(i) is UUID else UUID(str(i)) for i, _, _, _ in events]
@@ -331,7 +359,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
                 cur.execute(b"BEGIN")
                 cur.execute(self._lock_only_sql)
                 cur.execute(self._notify_deltas_sql if deltas_only else self._notify_sql)
-                out.execute(self._insert_sql, (*columns, list(ended)))
+                out.execute(self._insert_sql, (*columns, list(ended), *_pauses(paused)))
                 cur.execute(b"COMMIT")
             row = out.fetchone()
         assert row is not None
@@ -343,9 +371,11 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         events: Sequence[Row],
         ended: Sequence[UUID],
         *,
+        paused: Sequence[Pause] = (),
         deltas_only: bool = False,
     ) -> int:
-        """One group commit: the events (any turns, in order) and the turns they end.
+        """One group commit: the events (any turns, in order), the turns they end, and
+        those they pause (each with the time its wait runs out).
 
         Up to ``SMALL_BATCH`` events, one round trip: BEGIN, the lock, the notification,
         one statement that inserts the events (binary arrays) and closes the turns they
@@ -356,9 +386,51 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         """
         with _explicit_transaction(conn):
             if len(events) <= SMALL_BATCH:
-                return self._append_pipelined(conn, events, ended, deltas_only)
+                return self._append_pipelined(conn, events, ended, paused, deltas_only)
             with ClientCursor(conn, row_factory=tuple_row) as cur:
                 cur.execute(self._begin_deltas_sql if deltas_only else self._begin_sql)
                 self.copy_events(cur, events, lock=False, position=False)
-                cur.execute(self._end_sql, (list(ended),))
+                cur.execute(self._end_sql, (list(ended), *_pauses(paused)))
                 return _last_value(cur)
+
+    def append_to_waiting(
+        self,
+        conn: psycopg.Connection[Any],
+        turn_id: UUID,
+        events: Sequence[Row],
+        *,
+        take: UUID | None = None,
+        end: bool = False,
+    ) -> int | None:
+        """Append events to a turn that waits (no runner holds it), in one transaction:
+        a result or a decision that leaves it waiting; with ``take``, the node that runs
+        it next takes it; with ``end``, its end. The log position of the last event, or
+        None if the turn no longer waits (another node took it up, or it ended).
+
+        A concurrent append of the same version is ``IntegrityError``: read, try again.
+        """
+        still = take is None and not end
+        with _explicit_transaction(conn), ClientCursor(conn, row_factory=tuple_row) as cur:
+            cur.execute(b"BEGIN")
+            cur.execute(self.lock_sql)
+            cur.execute(self._claim_sql, (still, take, turn_id))
+            if cur.fetchone() is None:
+                cur.execute(b"ROLLBACK")
+                return None
+            position = self.copy_events(cur, events, lock=False)
+            if end:
+                cur.execute(self.end_turns_sql, ([turn_id],))
+            cur.execute(b"COMMIT")
+            return position
+
+    def expired_waits(self, limit: int = 100) -> list[UUID]:
+        """Turns that have waited past their ``wait_until``."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                SQL(
+                    "SELECT turn_id FROM {} WHERE waiting AND NOT ended AND wait_until < now()"
+                    " ORDER BY wait_until LIMIT %s"
+                ).format(self.index_table),
+                (limit,),
+            )
+            return [r[0] for r in cur.fetchall()]

@@ -23,6 +23,7 @@ class TurnIndexRow(NamedTuple):
     node_id: UUID
     started_position: int
     ended: bool
+    waiting: bool = False
 
 
 class TurnIndexQueries:
@@ -73,7 +74,7 @@ class TurnIndexQueries:
         with self.datastore.get_connection() as conn, conn.cursor() as cur:
             cur.execute(
                 SQL(
-                    "SELECT turn_id, conversation_id, node_id, started_position, ended"
+                    "SELECT turn_id, conversation_id, node_id, started_position, ended, waiting"
                     " FROM {} WHERE turn_id = %s"
                 ).format(self.index_table),
                 (turn_id,),
@@ -84,9 +85,10 @@ class TurnIndexQueries:
     def running_nodes(self, exclude: UUID) -> list[UUID]:
         with self.datastore.get_connection() as conn, conn.cursor() as cur:
             cur.execute(
-                SQL("SELECT DISTINCT node_id FROM {} WHERE NOT ended AND node_id <> %s").format(
-                    self.index_table
-                ),
+                SQL(
+                    "SELECT DISTINCT node_id FROM {} WHERE NOT ended AND NOT waiting"
+                    " AND node_id <> %s"
+                ).format(self.index_table),
                 (exclude,),
             )
             return [r["node_id"] for r in cur.fetchall()]
@@ -107,9 +109,9 @@ class TurnIndexQueries:
     def running_turns_of(self, conn: psycopg.Connection[Any], node_id: UUID) -> list[UUID]:
         with conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(
-                SQL("SELECT turn_id FROM {} WHERE NOT ended AND node_id = %s").format(
-                    self.index_table
-                ),
+                SQL(
+                    "SELECT turn_id FROM {} WHERE NOT ended AND NOT waiting AND node_id = %s"
+                ).format(self.index_table),
                 (node_id,),
             )
             return [r[0] for r in cur.fetchall()]

@@ -33,7 +33,7 @@ from turnstream.store.application import OwnConnection, TurnstreamApplication
 
 log = logging.getLogger(__name__)
 
-DELTA_EVENTS = (Turn.TokensAppended, Turn.ReasoningAppended)
+DELTA_EVENTS = (Turn.TokensAppended, Turn.ReasoningAppended, Turn.ToolArgumentsAppended)
 """Text deltas: never read by the projections (a commit of only these says so)."""
 
 
@@ -138,18 +138,22 @@ class GroupWriter:
         del self._pending[: self.max_batch]
         return drafts
 
-    def _build(self, drafts: list[Draft]) -> tuple[list[TurnEvent], list[UUID]]:
+    def _build(
+        self, drafts: list[Draft]
+    ) -> tuple[list[TurnEvent], list[UUID], list[TurnEvent]]:
         """The drafts as numbered events (consecutive deltas of a kind of a turn merged
-        into one), and the turns they end."""
+        into one), the turns they end, and those they pause (no runner holds them next)."""
         merged: list[Draft] = []
         more: dict[int, list[str]] = {}
         """Index in ``merged`` of a delta → the texts of the deltas merged into it."""
         last_of_turn: dict[UUID, int] = {}
         for d in drafts:
             at = last_of_turn.get(d.turn_id)
-            if at is not None and isinstance(d, DeltaDraft) and type(merged[at]) is type(d):
-                more.setdefault(at, []).append(d.text)
-                continue
+            if at is not None and isinstance(d, DeltaDraft):
+                last = merged[at]
+                if isinstance(last, DeltaDraft) and last.joins(d):
+                    more.setdefault(at, []).append(d.text)
+                    continue
             last_of_turn[d.turn_id] = len(merged)
             merged.append(d)
         for at, texts in more.items():
@@ -158,6 +162,7 @@ class GroupWriter:
             merged[at] = merge_deltas(first, texts)
         events: list[TurnEvent] = []
         ended: list[UUID] = []
+        paused: list[TurnEvent] = []
         with self._cond:
             for d in merged:
                 version = self._versions.get(d.turn_id)
@@ -165,21 +170,22 @@ class GroupWriter:
                     continue
                 version += 1
                 self._versions[d.turn_id] = version
-                events.append(d.event(version))
-                if d.TERMINAL:
-                    ended.append(d.turn_id)
+                event = d.event(version)
+                events.append(event)
+                if event.TERMINAL or event.PAUSES:
+                    (ended if event.TERMINAL else paused).append(event)  # type: ignore[arg-type]
                     del self._versions[d.turn_id]
         self.stats.drafts += len(drafts)
-        return events, ended
+        return events, ended, paused
 
     def _write(self, drafts: list[Draft]) -> None:
-        events, ended = self._build(drafts)
+        events, ended, paused = self._build(drafts)
         if not events:
             return
         attempt = 0
         while True:
             try:
-                position = self._commit(events, ended)
+                position = self._commit(events, ended, paused)
             except IntegrityError:
                 # Another writer ended one of these turns (it judged the runner dead):
                 # write turn by turn, and give up only the turns that conflict.
@@ -199,12 +205,17 @@ class GroupWriter:
             self.on_commit(events, position)
             return
 
-    def _commit(self, events: Sequence[TurnEvent], ended: Sequence[UUID]) -> int:
+    def _commit(
+        self, events: Sequence[TurnEvent], ended: Sequence[UUID], paused: Sequence[TurnEvent] = ()
+    ) -> int:
         conn = self._conn.get()
         stored = [self.app.encode_row(e) for e in events]
         t0 = time.perf_counter()
         deltas = all(type(e) in DELTA_EVENTS for e in events)
-        position = self.app.store.append_batch(conn, stored, ended, deltas_only=deltas)
+        pauses = [(e.originator_id, e.until) for e in paused if isinstance(e, Turn.Waiting)]
+        position = self.app.store.append_batch(
+            conn, stored, ended, paused=pauses, deltas_only=deltas
+        )
         self.stats.last_commit_s = time.perf_counter() - t0
         self.stats.batches += 1
         self.stats.events += len(events)
@@ -217,8 +228,9 @@ class GroupWriter:
             by_turn.setdefault(e.originator_id, []).append(e)
         for turn_id, turn_events in by_turn.items():
             ended = [turn_id] if turn_events[-1].TERMINAL else []
+            paused = [turn_events[-1]] if turn_events[-1].PAUSES else []
             try:
-                position = self._commit(turn_events, ended)
+                position = self._commit(turn_events, ended, paused)
             except IntegrityError:
                 log.warning("turn %s was ended by another node; dropping its output", turn_id)
                 with self._cond:
