@@ -54,7 +54,7 @@ class LocalBus:
     def publish(self, events: Sequence[TurnEvent]) -> None:
         for event in events:
             turn_id = event.originator_id
-            if event.TERMINAL:
+            if event.TERMINAL or event.PAUSES:  # a paused turn is followed from the store
                 self._running.discard(turn_id)
             readers = self._readers.get(turn_id)
             if not readers:

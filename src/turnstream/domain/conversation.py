@@ -12,6 +12,7 @@ from uuid import UUID
 
 from turnstream.domain.errors import ConversationNotFound, Invalid
 from turnstream.domain.events import DomainEvent, utcnow
+from turnstream.domain.tools import ToolSpec, check_tools
 
 TITLE_MAX = 200
 
@@ -31,6 +32,8 @@ class Conversation:
         model: str
         title: str | None = None
         system_prompt: str | None = None
+        tools: tuple[ToolSpec, ...] = ()
+        """Client tools every turn offers unless it brings its own."""
 
     class Renamed(ConversationEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.conversation.renamed.v1"
@@ -94,7 +97,9 @@ class Conversation:
         model: str,
         title: str | None,
         system_prompt: str | None,
+        tools: tuple[ToolSpec, ...] = (),
     ) -> Conversation.Created:
+        check_tools(tools)
         return Conversation.Created(
             originator_id=conversation_id,
             originator_version=1,
@@ -104,6 +109,7 @@ class Conversation:
             model=model,
             title=clean_title(title) if title is not None else None,
             system_prompt=system_prompt,
+            tools=tools,
         )
 
     def rename(self, title: str) -> Conversation.Renamed:

@@ -244,9 +244,11 @@ class TurnProgress:
         return draft
 
     def step_finished(self, finish_reason: str | None, usage: TurnUsage | None) -> FactDraft:
+        step = self.steps.current
         draft = self._fact(
-            Turn.StepFinished, step=self.steps.number, finish_reason=finish_reason, usage=usage
-        )
+            Turn.StepFinished, step=step.number, finish_reason=finish_reason, usage=usage,
+            text=step.text, reasoning=step.reasoning,
+        )  # fmt: skip
         self.steps.step_finished(finish_reason)
         self.steps_usage = add_usage(self.steps_usage, usage)
         return draft

@@ -71,7 +71,8 @@ def check_tools(tools: Sequence[ToolSpec]) -> None:
         try:
             jsonschema.validators.validator_for(parameters).check_schema(parameters)
         except jsonschema.SchemaError as exc:
-            raise Invalid(f"Tool {name!r}: 'parameters' is not a valid JSON Schema: {exc.message}")
+            why = f"Tool {name!r}: 'parameters' is not a valid JSON Schema: {exc.message}"
+            raise Invalid(why) from None
         if parameters.get("type", "object") != "object":
             raise Invalid(f"Tool {name!r}: 'parameters' must describe an object.")
 

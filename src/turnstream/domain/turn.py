@@ -172,6 +172,9 @@ class Turn:
         step: int
         finish_reason: str | None = None
         usage: TurnUsage | None = None
+        text: str = ""
+        """The answer text of this step (the turn's text is every step's, in order)."""
+        reasoning: str = ""
 
     class Waiting(TurnEvent, frozen=True, kw_only=True):
         """The turn pauses until these calls have their results or decisions; no process

@@ -89,7 +89,7 @@ SSE_EVENTS: dict[type[TurnEvent], tuple[str, Callable[[Any], dict[str, Any]]]] =
     Turn.ApprovalRequested: ("approval.requested", _fields("call_id", "name")),
     Turn.ApprovalDecided: ("approval.decided", _fields("call_id", "approved", "by", "reason")),
     Turn.ToolResultRecorded: ("tool_result", _fields("call_id", "output", "is_error")),
-    Turn.StepFinished: ("step", _fields("step", "finish_reason", "usage")),
+    Turn.StepFinished: ("step", _fields("step", "finish_reason", "usage", "text", "reasoning")),
     Turn.Waiting: ("waiting", _fields("reason", "call_ids", "until")),
     Turn.Finished: ("final", _final),
     Turn.Failed: ("error", lambda e: {"code": e.code, "message": e.message, "text": e.text}),

@@ -138,9 +138,7 @@ class GroupWriter:
         del self._pending[: self.max_batch]
         return drafts
 
-    def _build(
-        self, drafts: list[Draft]
-    ) -> tuple[list[TurnEvent], list[UUID], list[TurnEvent]]:
+    def _build(self, drafts: list[Draft]) -> tuple[list[TurnEvent], list[UUID], list[TurnEvent]]:
         """The drafts as numbered events (consecutive deltas of a kind of a turn merged
         into one), the turns they end, and those they pause (no runner holds them next)."""
         merged: list[Draft] = []
