@@ -129,11 +129,11 @@ class FactDraft(Draft):
     """A fact whose event has no more than its fields (a call begun, complete, its
     result, an approval asked, a step's end, a pause): made by the event class."""
 
-    kind: type[TurnEvent]
+    event_type: type[TurnEvent]
     fields: dict[str, Any]
 
     def event(self, version: int) -> TurnEvent:
-        return self.kind(
+        return self.event_type(
             originator_id=self.turn_id, originator_version=version, timestamp=self.at,
             **self.fields,
         )  # fmt: skip
@@ -200,9 +200,9 @@ class TurnProgress:
 
     # Tools.
 
-    def _fact(self, kind: type[TurnEvent], **fields: Any) -> FactDraft:
+    def _fact(self, event_type: type[TurnEvent], **fields: Any) -> FactDraft:
         self._check_running()
-        return FactDraft(turn_id=self.turn_id, kind=kind, fields=fields)
+        return FactDraft(turn_id=self.turn_id, event_type=event_type, fields=fields)
 
     def call_started(self, call_id: str, name: str) -> FactDraft:
         draft = self._fact(Turn.ToolCallStarted, call_id=call_id, name=name)

@@ -205,7 +205,7 @@ class Steps:
         for reason in ("approval", "tool_result"):
             ids = [c.call_id for c in self.last_calls if c.waits_for == reason]
             if ids:
-                return reason, ids  # type: ignore[return-value]
+                return reason, ids
         return None
 
     def to_run(self) -> list[Call]:
