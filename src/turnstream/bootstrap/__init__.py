@@ -36,6 +36,7 @@ from turnstream.store.lease import NodeLease, OrphanSweeper
 from turnstream.store.limits import RateLimiter
 from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
+from turnstream.tools.mcp import McpTools
 from turnstream.usecases.admission import TurnStarter
 from turnstream.usecases.chats import Chats
 from turnstream.usecases.commits import CommitFeed
@@ -48,6 +49,7 @@ from turnstream.usecases.recovery import Recovery
 from turnstream.usecases.registry import RunningTurns
 from turnstream.usecases.runner import TurnRunner
 from turnstream.usecases.services import Services
+from turnstream.usecases.tooluse import ToolAnswers
 from turnstream.usecases.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -185,11 +187,20 @@ def assemble(
         models=settings.models,
     )
     providers = Providers(settings.models)
+    server_tools = McpTools(settings.models.mcp_servers(), settings.tools)
     runner = TurnRunner(
-        providers=providers, models=models, submit=writer.submit, registry=registry, metrics=metrics
+        providers=providers,
+        models=models,
+        submit=writer.submit,
+        registry=registry,
+        metrics=metrics,
+        tools=settings.tools,
+        server_tools=server_tools,
     )
     conversations = Conversations(app=app, gateway=gateway, reads=reads, models=models)
     control = TurnControl(
+        app=app,
+        gateway=gateway,
         conversations=conversations,
         registry=registry,
         link=link,
@@ -231,6 +242,17 @@ def assemble(
             subject_prefix=settings.nats.subject_prefix,
         ),
         control=control,
+        answers=ToolAnswers(
+            app=app,
+            gateway=gateway,
+            conversations=conversations,
+            reads=reads,
+            models=models,
+            node_id=node_id,
+            bus=bus,
+            writer=writer,
+            runner=runner,
+        ),
         usage=Usage(
             app=app,
             gateway=gateway,
@@ -245,6 +267,7 @@ def assemble(
     )
     lease = NodeLease(app, node_id)
     recovery = Recovery(
+        app=app,
         gateway=gateway,
         lease=lease,
         sweeper=OrphanSweeper(app, node_id),

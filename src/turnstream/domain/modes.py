@@ -22,6 +22,7 @@ from uuid import UUID
 import msgspec
 
 from turnstream.domain.errors import Invalid, MessageNotFound
+from turnstream.domain.tools import ToolSpec
 from turnstream.domain.turn import TurnMode
 
 Row = dict[str, Any]
@@ -47,6 +48,9 @@ class TurnRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client_message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     """``message``, ``edit``: the client's own id of the new user message, kept in the
     tree beside ours (``client_id``)."""
+    tools: list[ToolSpec] | None = None
+    """Client tools this turn offers (OpenAI function format), instead of the
+    conversation's; ``[]`` offers none."""
 
 
 @dataclass(frozen=True)

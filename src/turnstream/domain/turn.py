@@ -224,7 +224,7 @@ class Turn:
         self.steps_usage: TurnUsage | None = None
         """The usage of the finished steps, summed."""
         self.waiting_until: datetime | None = None
-        """Set while the turn waits (its last event is ``Waiting``)."""
+        """Set while the turn waits (since its ``Waiting``, only answers came)."""
 
     @property
     def waiting(self) -> tuple[WaitingFor, list[str]] | None:
@@ -244,7 +244,10 @@ class Turn:
             msg = f"turn {self.id}: event {event.originator_version} after {self.version}"
             raise ValueError(msg)
         self.version = event.originator_version
-        self.waiting_until = event.until if isinstance(event, Turn.Waiting) else None
+        if isinstance(event, Turn.Waiting):
+            self.waiting_until = event.until
+        elif not isinstance(event, ANSWERS):  # answers come while it waits; else it goes on
+            self.waiting_until = None
         steps = self.steps
         if isinstance(event, Turn.TokensAppended):
             self.text += event.text
@@ -436,3 +439,7 @@ class Turn:
             **self._next(at), code=code, message=message, text=self.text,
             reasoning=self.reasoning, usage=self.steps_usage,
         )  # fmt: skip
+
+
+ANSWERS = (Turn.ApprovalDecided, Turn.ToolResultRecorded)
+"""What a waiting turn takes without going on: its calls' decisions and results."""

@@ -21,7 +21,7 @@ from turnstream.http.clients import parse_networks
 from turnstream.http.cors import cors_config
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
-from turnstream.http.routes import chat, conversations, operations, turns, usage
+from turnstream.http.routes import chat, conversations, operations, tools, turns, usage
 from turnstream.http.tickets import provide_stream_caller
 from turnstream.settings import BrowserSettings, GuestSettings, ServerSettings, SseSettings
 from turnstream.usecases.services import Services
@@ -60,7 +60,13 @@ def create_app(
     """The Litestar app over ``services``; ``on_startup``/``on_shutdown`` run the node."""
     v1 = Router(
         path="/v1",
-        route_handlers=[*conversations.ROUTES, *turns.ROUTES, *chat.ROUTES, *usage.ROUTES],
+        route_handlers=[
+            *conversations.ROUTES,
+            *turns.ROUTES,
+            *tools.ROUTES,
+            *chat.ROUTES,
+            *usage.ROUTES,
+        ],
         dependencies={
             "caller": Provide(provide_caller),
             "stream_caller": Provide(provide_stream_caller),

@@ -17,13 +17,17 @@ from litestar import Request
 from turnstream.domain.errors import Invalid
 from turnstream.domain.identities import TENANT_PATTERN
 from turnstream.domain.modes import TurnRequest
+from turnstream.domain.tools import ToolSpec
 from turnstream.http.params import MAX_JSON_DEPTH, json_too_deep
+from turnstream.usecases.tooluse import Approval, ToolResults
 
 
 class NewConversation(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str | None = None
     title: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
     system_prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
+    tools: list[ToolSpec] = msgspec.field(default_factory=list)
+    """Client tools every turn of the conversation offers unless it brings its own."""
 
 
 class ConversationPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -40,6 +44,8 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     ConversationPatch,
     TurnRequest,
     GuestRequest,
+    ToolResults,
+    Approval,
 )
 """Every request body type (each refuses unknown fields; OpenAPI says so)."""
 

@@ -34,9 +34,17 @@ class MessageView(msgspec.Struct, kw_only=True):
     """The client's own id of a user message (a chat client's), beside ours."""
 
 
+class Waiting(msgspec.Struct, kw_only=True):
+    """What a turn that waits needs: tool results of its client, or a decision."""
+
+    reason: str
+    call_ids: list[str]
+
+
 class ActiveTurn(msgspec.Struct, kw_only=True):
     turn_id: UUID
     last_seq: int
+    waiting: Waiting | None = None
 
 
 class ConversationSummary(msgspec.Struct, kw_only=True):

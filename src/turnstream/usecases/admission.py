@@ -11,9 +11,10 @@ same turn, whichever node recorded it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from uuid import UUID
 
+import msgspec
 from eventsourcing.persistence import IntegrityError
 
 from turnstream.bus.local import LocalBus
@@ -31,9 +32,10 @@ from turnstream.domain.errors import (
 )
 from turnstream.domain.modes import NEW_MESSAGES, TurnPlan, TurnRequest, plan_turn
 from turnstream.domain.progress import TurnProgress
+from turnstream.domain.tools import ToolSpec, check_tools
 from turnstream.domain.turn import Turn
 from turnstream.ids import stable_id, uuid7
-from turnstream.providers.base import ChatMessage, estimate_tokens
+from turnstream.providers.base import ChatMessage, message_tokens
 from turnstream.settings import GuestSettings, LimitSettings, ModelConfig
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
@@ -55,6 +57,16 @@ def model_input(system_prompt: str | None, plan: TurnPlan) -> list[ChatMessage]:
     if plan.prefix:
         path.append(ChatMessage("assistant", plan.prefix))
     return path
+
+
+def offered_tools(
+    requested: list[ToolSpec] | None, conversations: list[dict[str, Any]] | None
+) -> tuple[ToolSpec, ...]:
+    """The client tools a turn offers: its own (checked), else its conversation's."""
+    if requested is not None:
+        check_tools(requested)
+        return tuple(requested)
+    return tuple(msgspec.convert(conversations or [], list[ToolSpec]))
 
 
 class StartedTurn(NamedTuple):
@@ -132,9 +144,10 @@ class TurnStarter:
                 f"A conversation holds at most {limit} messages; start a new one.",
                 max_messages=limit,
             )
+        tools = offered_tools(request.tools, conversation.get("tools"))
         plan = plan_turn(request, messages, conversation["current_leaf_id"])
         path = model_input(conversation["system_prompt"], plan)
-        estimate = sum(estimate_tokens(m.content) + 4 for m in path)
+        estimate = sum(message_tokens(m) for m in path)
         if model.max_input_tokens is not None and estimate > model.max_input_tokens:
             raise InputTooLong(
                 f"This turn's input is about {estimate} tokens; {model.id!r} takes at most"
@@ -158,6 +171,7 @@ class TurnStarter:
             prefix=plan.prefix,
             reasoning_prefix=plan.reasoning_prefix,
             client_message_id=request.client_message_id,
+            tools=tools,
         )
         worth = estimate + self.limits.output_worth(model, estimate)
         admission = self.limits.admission(caller, started, worth, client)

@@ -2,7 +2,9 @@
 
 Each node takes commands on ``_<prefix>_ctl.<node_id>`` (outside the stream's subjects).
 A cancel for a turn of another node is a request to that node; a node that does not
-answer (it is gone) leaves the turn to recovery, which ends it as ``runner_lost``.
+answer (it is gone) leaves the turn to recovery, which ends it as ``runner_lost``. A
+turn that waits for tool results or approvals runs nowhere: whichever node takes the
+cancel ends it, if it still waits.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from turnstream.bus.envelope import control_subject
 from turnstream.bus.nats import NatsLink
 from turnstream.domain.callers import Caller
 from turnstream.domain.errors import ServiceUnavailable
+from turnstream.store.application import TurnstreamApplication
+from turnstream.store.gateway import StoreGateway
 from turnstream.usecases.conversations import Conversations
 from turnstream.usecases.registry import RunningTurns
+from turnstream.usecases.tooluse import end_waiting
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +53,16 @@ class TurnControl:
     def __init__(
         self,
         *,
+        app: TurnstreamApplication,
+        gateway: StoreGateway,
         conversations: Conversations,
         registry: RunningTurns,
         link: NatsLink | None,
         node_id: UUID,
         subject_prefix: str,
     ) -> None:
+        self.app = app
+        self.run = gateway.run
         self.conversations = conversations
         self.registry = registry
         self.link = link
@@ -63,6 +72,10 @@ class TurnControl:
     async def cancel(self, caller: Caller, conversation_id: UUID, turn_id: UUID) -> None:
         """Cancel the turn wherever it runs (idempotent: an ended turn stays as it is)."""
         row = await self.conversations.turn(caller, conversation_id, turn_id)
+        if row.waiting:
+            if await self.run(end_waiting, self.app, turn_id, code=None):
+                return
+            row = await self.conversations.turn(caller, conversation_id, turn_id)  # taken up
         if row.ended or self.registry.cancel(turn_id, reason="cancelled"):
             return
         if row.node_id == self.node_id:

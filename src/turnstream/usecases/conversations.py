@@ -20,6 +20,7 @@ from turnstream.domain.errors import (
     TurnNotFound,
     UnknownModel,
 )
+from turnstream.domain.tools import ToolSpec
 from turnstream.ids import uuid7
 from turnstream.projections.reader import Positions, Reader
 from turnstream.projections.views import (
@@ -27,6 +28,7 @@ from turnstream.projections.views import (
     ConversationPage,
     ConversationSummary,
     ConversationView,
+    Waiting,
     conversation_page,
     conversation_view,
     decode_cursor,
@@ -116,6 +118,7 @@ class Conversations:
         title: str | None,
         system_prompt: str | None,
         conversation_id: UUID | None = None,
+        tools: tuple[ToolSpec, ...] = (),
     ) -> ConversationSummary:
         """A new conversation of the caller's (``conversation_id``: with that id, which
         must be new: a second create of it is the store's IntegrityError)."""
@@ -129,6 +132,7 @@ class Conversations:
             model=model_id,
             title=title,
             system_prompt=system_prompt,
+            tools=tools,
         )
         await self.run(self.app.record, created)
         conversation = Conversation.fold([created])
@@ -156,9 +160,11 @@ class Conversations:
         messages = await self.run(self.reads.reader.messages, conversation_id)
         active: ActiveTurn | None = None
         if row["active_turn_id"] is not None:
-            turn_id = row["active_turn_id"]
-            last_seq = await self.run(self.app.store.last_version, turn_id)
-            active = ActiveTurn(turn_id=turn_id, last_seq=last_seq)
+            turn = await self.run(self.app.turn, row["active_turn_id"])
+            if turn is not None:
+                waits = turn.waiting
+                waiting = Waiting(reason=waits[0], call_ids=waits[1]) if waits else None
+                active = ActiveTurn(turn_id=turn.id, last_seq=turn.version, waiting=waiting)
         return conversation_view(row, messages, active)
 
     async def page(self, caller: Caller, limit: int, cursor: str | None) -> ConversationPage:

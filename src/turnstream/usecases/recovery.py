@@ -4,7 +4,9 @@ Every few seconds (``runner_check_interval_s``) each node checks its own lease a
 for running turns of nodes whose lease is free: their process died. Each such turn is
 ended with ``runner_lost`` and the text it streamed (``Turn.lose_runner``). A runner
 that turns out to be alive is fenced by the store: its next write conflicts with that
-end, and it drops the turn. The same round forgets rate-limit cells of the past.
+end, and it drops the turn. A turn that waits for tool results or approvals has no
+runner and is left alone, until it has waited past its time: then it ends with
+``tool_timeout``. The same round forgets rate-limit cells of the past.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import logging
 
 from turnstream.domain.errors import ServiceUnavailable
 from turnstream.domain.turn import Turn, TurnEvent
+from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
 from turnstream.store.lease import NodeLease, OrphanSweeper
 from turnstream.store.recorder import STORE_OUTAGE
 from turnstream.usecases.limits import Limits
+from turnstream.usecases.tooluse import end_expired_waits
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +34,14 @@ class Recovery:
     def __init__(
         self,
         *,
+        app: TurnstreamApplication,
         gateway: StoreGateway,
         lease: NodeLease,
         sweeper: OrphanSweeper,
         limits: Limits,
         every_s: float,
     ) -> None:
+        self.app = app
         self.gateway = gateway
         self.lease = lease
         self.sweeper = sweeper
@@ -58,5 +64,6 @@ class Recovery:
         written = await run(self.sweeper.sweep, _lose_runner)
         for event in written:
             log.warning("turn %s: its runner's node is gone; ended", event.originator_id)
+        timed_out = await run(end_expired_waits, self.app)
         await run(self.limits.forget_past)
-        return len(written)
+        return len(written) + len(timed_out)

@@ -13,6 +13,7 @@ from turnstream.usecases.control import TurnControl
 from turnstream.usecases.conversations import Conversations
 from turnstream.usecases.following import Follower
 from turnstream.usecases.health import Health
+from turnstream.usecases.tooluse import ToolAnswers
 from turnstream.usecases.usage import Usage
 
 
@@ -23,6 +24,7 @@ class Services:
     turns: TurnStarter
     follower: Follower
     control: TurnControl
+    answers: ToolAnswers
     usage: Usage
     health: Health
     models: Mapping[str, ModelConfig]

@@ -57,7 +57,11 @@ async def create_conversation(
     services: Services, caller: Caller, data: NewConversation
 ) -> ConversationSummary:
     return await services.conversations.create(
-        caller, model=data.model, title=data.title, system_prompt=data.system_prompt
+        caller,
+        model=data.model,
+        title=data.title,
+        system_prompt=data.system_prompt,
+        tools=tuple(data.tools),
     )
 
 
