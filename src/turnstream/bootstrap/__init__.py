@@ -289,6 +289,7 @@ def assemble(
         control=control,
         health=health,
         providers=providers,
+        server_tools=server_tools,
         link=link,
         child_env=functools.partial(_child_env, settings, app, link),
         relay_and_projections=not worker,

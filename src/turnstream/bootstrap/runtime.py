@@ -5,7 +5,8 @@ lifespan calls :meth:`Runtime.start` and :meth:`Runtime.stop`.
 
 Start: the node's lease, the projections' and limits' tables, the projections'
 positions, the projection workers (a supervised child, or threads), the group writer,
-recovery, NATS, the control listener, the relay (a supervised child, or a task).
+recovery, the MCP tool servers, NATS, the control listener, the relay (a supervised
+child, or a task).
 Stop: running turns may finish for the grace period and the rest are interrupted,
 the writer flushes, the relay publishes what was stored, then everything else stops.
 """
@@ -32,6 +33,7 @@ from turnstream.store.gateway import StoreGateway
 from turnstream.store.lease import NodeLease
 from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
+from turnstream.tools.mcp import McpTools
 from turnstream.usecases.commits import CommitFeed
 from turnstream.usecases.control import TurnControl
 from turnstream.usecases.health import Health
@@ -56,6 +58,7 @@ class Runtime:
     control: TurnControl
     health: Health
     providers: Providers
+    server_tools: McpTools
     link: NatsLink | None
     child_env: Callable[[], dict[str, str]]
     """The environment of a supervised child: these settings and the resolved URLs."""
@@ -79,6 +82,7 @@ class Runtime:
         self.writer.start()
         self.starts.start()
         self._task(self.recovery.run_forever(), "turnstream-recovery")
+        await self.server_tools.start()  # a server that fails to start is retried apart
         if self.link is not None:
             self.link.start()
             self._task(self.control.listen(), "turnstream-control")
@@ -153,4 +157,5 @@ class Runtime:
             await self.link.close()
         self.lease.close()
         await self.providers.aclose()
+        await self.server_tools.aclose()
         await self.gateway.close()
