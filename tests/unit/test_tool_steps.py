@@ -39,7 +39,10 @@ def test_well_formed_tools_pass_the_check() -> None:
     [
         ([tool("has space")], "letters, digits"),
         ([tool("a"), tool("a")], "given twice"),
-        ([tool("bad", {"type": "object", "properties": {"x": {"type": "nonsense"}}})], "valid JSON"),
+        (
+            [tool("bad", {"type": "object", "properties": {"x": {"type": "nonsense"}}})],
+            "valid JSON",
+        ),
         ([tool("list", {"type": "array"})], "describe an object"),
     ],
 )

@@ -243,8 +243,13 @@ class TurnProgress:
         self.steps.result(call_id, output, is_error)
         return draft
 
+    def begin_step(self) -> int:
+        """A model step begins: its number."""
+        self._check_running()
+        return self.steps.begin_step().number
+
     def step_finished(self, finish_reason: str | None, usage: TurnUsage | None) -> FactDraft:
-        step = self.steps.current
+        step = self.steps.begin_step()
         draft = self._fact(
             Turn.StepFinished, step=step.number, finish_reason=finish_reason, usage=usage,
             text=step.text, reasoning=step.reasoning,

@@ -184,8 +184,12 @@ class Steps:
         call.output, call.is_error, call.answered = output, is_error, True
 
     def step_finished(self, finish_reason: str | None) -> None:
-        step = self.current
+        step = self._open()  # a step may end having streamed nothing at all
         step.finished, step.finish_reason = True, finish_reason
+
+    def begin_step(self) -> Step:
+        """The step the model streams into next (a new one once the last finished)."""
+        return self._open()
 
     def _open(self) -> Step:
         """The step the model streams into: a new one once the last has finished."""

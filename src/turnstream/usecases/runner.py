@@ -127,6 +127,7 @@ class TurnRunner:
                         spent = progress.steps_usage or estimate()
                         submit(progress.fail(code="too_many_steps", message=message, usage=spent))
                         return
+                progress.begin_step()
                 messages = turn.messages + step_messages(steps)
                 usage: Usage | None = None
                 finish_reason = "stop"
