@@ -76,10 +76,12 @@ def test_a_client_tool_call_waits_for_its_result_then_the_turn_goes_on(
     )
     tid = frames[0].data["turn_id"]
     call = next(f for f in frames if f.event == "tool_call")
-    assert call.data["name"] == "get_weather" and call.data["kind"] == "client"
+    assert call.data["name"] == "get_weather"
+    assert call.data["kind"] == "client"
     assert isinstance(call.data["arguments"]["city"], str)
     streamed_args = "".join(f.data["text"] for f in frames if f.event == "tool_call.arguments")
-    assert streamed_args and call.data["arguments"] == json.loads(streamed_args)
+    assert streamed_args
+    assert call.data["arguments"] == json.loads(streamed_args)
     assert waiting.data["reason"] == "tool_result"
     assert waiting.data["call_ids"] == [call.data["call_id"]]
     active = view(server, cid)["active_turn"]
@@ -93,8 +95,10 @@ def test_a_client_tool_call_waits_for_its_result_then_the_turn_goes_on(
     assert answered.json()["continues"] is True
 
     rest = resume(server, cid, tid, header=waiting.id)
-    assert rest[0].event == "tool_result" and rest[0].data["output"] == {"sky": "clear-7C"}
-    assert rest[-1].event == "final" and rest[-1].data["status"] == "completed"
+    assert rest[0].event == "tool_result"
+    assert rest[0].data["output"] == {"sky": "clear-7C"}
+    assert rest[-1].event == "final"
+    assert rest[-1].data["status"] == "completed"
     assert "clear-7C" in rest[-1].data["text"]
     whole = resume(server, cid, tid, header=0)
     assert [f.id for f in whole] == list(range(1, len(whole) + 1))
@@ -107,7 +111,8 @@ def test_a_client_tool_call_waits_for_its_result_then_the_turn_goes_on(
 
     # The same result again, a call the turn never made, an answer after the end.
     again = post_results(server, cid, tid, [{"call_id": call.data["call_id"], "output": 1}])
-    assert again.status_code == 409 and again.json()["code"] == "turn_not_waiting"
+    assert again.status_code == 409
+    assert again.json()["code"] == "turn_not_waiting"
     assert len(stored_events(database_url, db_schema, tid)) == len(stored)
 
 
@@ -121,18 +126,21 @@ def test_stale_and_repeated_results_have_their_codes_and_change_nothing(
     before = stored_events(database_url, db_schema, tid)
 
     unknown = post_results(server, cid, tid, [{"call_id": "call_nope", "output": "x"}])
-    assert unknown.status_code == 409 and unknown.json()["code"] == "unknown_tool_call"
+    assert unknown.status_code == 409
+    assert unknown.json()["code"] == "unknown_tool_call"
     mixed = post_results(
         server, cid, tid, [{"call_id": call_id, "output": "x"}, {"call_id": "zz", "output": 1}]
     )
     assert mixed.status_code == 409  # all or nothing: the good result is not kept either
     bad = post_results(server, cid, tid, [{"output": "no id"}])
-    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
+    assert bad.status_code == 400
+    assert bad.json()["code"] == "invalid_request"
     assert stored_events(database_url, db_schema, tid) == before
 
     # Another user's answer is a 404, exactly as for a conversation that is not there.
     foreign = post_results(server, cid, tid, [{"call_id": call_id, "output": "x"}], user="bob")
-    assert foreign.status_code == 404 and foreign.json()["code"] == "conversation_not_found"
+    assert foreign.status_code == 404
+    assert foreign.json()["code"] == "conversation_not_found"
     approval = httpx.post(
         f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/approvals",
         json={"call_id": call_id, "approved": True},
@@ -147,7 +155,8 @@ def test_stale_and_repeated_results_have_their_codes_and_change_nothing(
         json={"call_id": call_id, "approved": True},
         headers=server.headers(),
     )
-    assert not_asked.status_code == 409 and not_asked.json()["code"] == "tool_call_not_pending"
+    assert not_asked.status_code == 409
+    assert not_asked.json()["code"] == "tool_call_not_pending"
 
     first = post_results(server, cid, tid, [{"call_id": call_id, "output": "rain"}])
     assert first.status_code == 202
@@ -170,7 +179,8 @@ def test_cancel_ends_a_waiting_turn_keeping_its_text(server: Server) -> None:
     assert end[0].data["status"] == "interrupted"
     assert end[0].data["text"] == "".join(f.data["text"] for f in frames if f.event == "token")
     late = post_results(server, cid, tid, [{"call_id": waiting.data["call_ids"][0], "output": 1}])
-    assert late.status_code == 409 and late.json()["code"] == "turn_not_waiting"
+    assert late.status_code == 409
+    assert late.json()["code"] == "turn_not_waiting"
     assert view(server, cid)["active_turn"] is None
 
 
@@ -183,7 +193,8 @@ def test_a_turn_that_waits_too_long_ends_with_tool_timeout(make_server: ServerFa
     cid = new_conversation(server)
     frames, waiting = start_until_waiting(server, cid, "get_weather for Rome", tools=[WEATHER])
     end = resume(server, cid, frames[0].data["turn_id"], header=waiting.id)
-    assert end[-1].event == "error" and end[-1].data["code"] == "tool_timeout"
+    assert end[-1].event == "error"
+    assert end[-1].data["code"] == "tool_timeout"
 
 
 @pytest.mark.parametrize(
@@ -204,12 +215,14 @@ def test_malformed_tools_are_refused_before_anything_is_stored(
     created = httpx.post(
         f"{server.base_url}/v1/conversations", json={"tools": tools}, headers=server.headers()
     )
-    assert created.status_code == 400 and reason in created.json()["detail"]
+    assert created.status_code == 400
+    assert reason in created.json()["detail"]
     cid = new_conversation(server)
     r = httpx.post(
         f"{server.base_url}/v1/conversations/{cid}/turns",
         json={"content": "hi", "tools": tools},
         headers=server.headers(),
     )
-    assert r.status_code == 400 and reason in r.json()["detail"], r.text
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["detail"]
     assert view(server, cid)["messages"] == []

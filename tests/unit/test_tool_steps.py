@@ -93,8 +93,10 @@ def test_the_folded_turn_and_the_progress_agree_on_steps_calls_and_the_wait() ->
     assert turn.waiting == ("approval", ["c2"])
     assert turn.text == "Let me check."
     calls = turn.steps.calls
-    assert calls["c1"].arguments == {"city": "Oslo"} and calls["c1"].kind == "client"
-    assert calls["c2"].server == "files" and calls["c2"].approval == "requested"
+    assert calls["c1"].arguments == {"city": "Oslo"}
+    assert calls["c1"].kind == "client"
+    assert calls["c2"].server == "files"
+    assert calls["c2"].approval == "requested"
     assert turn.steps_usage == TurnUsage(prompt_tokens=10, completion_tokens=5)
     assert [c.call_id for c in turn.steps.last_calls] == [
         c.call_id for c in progress.steps.last_calls
@@ -126,7 +128,8 @@ def test_a_refusal_is_also_the_calls_error_result() -> None:
     assert turn is not None
     events = turn.decide("c2", approved=False, by="alice", reason="not today")
     assert isinstance(events[1], Turn.ToolResultRecorded)
-    assert events[1].is_error and "not today" in events[1].output
+    assert events[1].is_error
+    assert "not today" in events[1].output
     assert turn.steps.to_run() == []
 
 
@@ -150,9 +153,11 @@ def test_a_waiting_turn_ends_with_its_text_and_the_steps_usage() -> None:
     assert turn is not None
     cancelled = turn.end_waiting(code=None)
     assert isinstance(cancelled, Turn.Finished)
-    assert cancelled.status == "interrupted" and cancelled.text == "Let me check."
+    assert cancelled.status == "interrupted"
+    assert cancelled.text == "Let me check."
     timed_out = turn.end_waiting(code="tool_timeout", message="too long")
-    assert isinstance(timed_out, Turn.Failed) and timed_out.usage == turn.steps_usage
+    assert isinstance(timed_out, Turn.Failed)
+    assert timed_out.usage == turn.steps_usage
     turn.apply(cancelled)
     with pytest.raises(ToolCallNotPending) as late:
         turn.answer("c1", "x")
@@ -171,4 +176,5 @@ def test_a_resumed_progress_continues_the_text_and_the_next_step() -> None:
     assert progress.steps.number == 2  # text after a finished step opens the next
     end = progress.finish(finish_reason="stop", usage=TurnUsage())
     assert end.text == "Let me check. It is sunny."
-    assert result is not None and text is not None
+    assert result is not None
+    assert text is not None
