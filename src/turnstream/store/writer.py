@@ -170,8 +170,11 @@ class GroupWriter:
                 self._versions[d.turn_id] = version
                 event = d.event(version)
                 events.append(event)
+                if event.TERMINAL:
+                    ended.append(d.turn_id)
+                elif event.PAUSES:
+                    paused.append(event)
                 if event.TERMINAL or event.PAUSES:
-                    (ended if event.TERMINAL else paused).append(event)  # type: ignore[arg-type]
                     del self._versions[d.turn_id]
         self.stats.drafts += len(drafts)
         return events, ended, paused
