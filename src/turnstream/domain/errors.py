@@ -88,13 +88,25 @@ class TurnEnded(Conflict):
 
 
 class ToolCallNotPending(Conflict):
-    """A tool result or decision the turn does not wait for; the code says why:
-    ``unknown_tool_call``, ``tool_call_answered``, ``tool_call_not_pending`` or
-    ``turn_not_waiting``."""
+    """A tool result or decision the turn does not wait for (the call waits for the
+    other kind of answer); its subclasses say the other reasons."""
 
-    def __init__(self, call_id: str, code: str, why: str) -> None:
+    code = "tool_call_not_pending"
+
+    def __init__(self, call_id: str, why: str) -> None:
         super().__init__(f"Tool call {call_id!r}: {why}", call_id=call_id)
-        self.code = code
+
+
+class UnknownToolCall(ToolCallNotPending):
+    code = "unknown_tool_call"
+
+
+class ToolCallAnswered(ToolCallNotPending):
+    code = "tool_call_answered"
+
+
+class TurnNotWaiting(ToolCallNotPending):
+    code = "turn_not_waiting"
 
 
 class ModelUnavailable(TurnstreamError):

@@ -31,7 +31,13 @@ from uuid import UUID
 
 import msgspec
 
-from turnstream.domain.errors import ToolCallNotPending, TurnEnded
+from turnstream.domain.errors import (
+    ToolCallAnswered,
+    ToolCallNotPending,
+    TurnEnded,
+    TurnNotWaiting,
+    UnknownToolCall,
+)
 from turnstream.domain.events import DomainEvent, utcnow
 from turnstream.domain.tools import Steps, ToolKind, ToolSpec, WaitingFor
 
@@ -411,16 +417,17 @@ class Turn:
     def pending_call(self, call_id: str, reason: WaitingFor) -> None:
         """Raise unless the turn waits for ``call_id`` for ``reason`` (409 with its code)."""
         if self.ended:
-            raise ToolCallNotPending(call_id, "turn_not_waiting", "The turn has ended.")
+            raise TurnNotWaiting(call_id, "The turn has ended.")
         call = self.steps.calls.get(call_id)
         if call is None:
-            raise ToolCallNotPending(call_id, "unknown_tool_call", "The turn has no such call.")
-        if call.answered or (reason == "approval" and call.approval != "requested"):
+            raise UnknownToolCall(call_id, "The turn has no such call.")
+        decided = reason == "approval" and call.approval in ("approved", "refused")
+        if (call.answered and reason == "tool_result") or decided:
             what = "result" if reason == "tool_result" else "decision"
-            raise ToolCallNotPending(call_id, "tool_call_answered", f"It has its {what}.")
+            raise ToolCallAnswered(call_id, f"It has its {what}.")
         if call.waits_for != reason:
             needs = "a person's decision" if call.waits_for == "approval" else "no such answer"
-            raise ToolCallNotPending(call_id, "tool_call_not_pending", f"It waits for {needs}.")
+            raise ToolCallNotPending(call_id, f"It waits for {needs}.")
 
     def end_waiting(
         self, *, code: str | None, message: str = "", at: datetime | None = None

@@ -35,13 +35,16 @@ from turnstream.domain.errors import (
     PayloadTooLarge,
     QuotaExhausted,
     ServiceUnavailable,
+    ToolCallAnswered,
     ToolCallNotPending,
     TooManyTurns,
     TurnInProgress,
     TurnNotFound,
+    TurnNotWaiting,
     TurnstreamError,
     Unauthorized,
     UnknownModel,
+    UnknownToolCall,
 )
 from turnstream.store.recorder import STORE_OUTAGE
 
@@ -80,9 +83,14 @@ ERRORS: dict[type[TurnstreamError], Answer] = {
         409, "A turn is in progress", "the conversation has a running turn (its `turn_id`)"
     ),
     ToolCallNotPending: Answer(
-        409,
-        "Tool call not pending",
-        "a tool result or approval the turn does not wait for (the code says why)",
+        409, "Tool call not pending", "the call waits for the other kind of answer"
+    ),
+    UnknownToolCall: Answer(409, "Unknown tool call", "the turn made no call by that id"),
+    ToolCallAnswered: Answer(
+        409, "Tool call answered", "the call has its result (or decision) already"
+    ),
+    TurnNotWaiting: Answer(
+        409, "Turn not waiting", "the turn has ended, or is running and waits for nothing"
     ),
     ModelUnavailable: Answer(
         410, "Model unavailable", "the conversation's model is no longer served"

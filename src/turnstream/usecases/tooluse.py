@@ -24,7 +24,7 @@ from eventsourcing.persistence import IntegrityError
 
 from turnstream.bus.local import LocalBus
 from turnstream.domain.callers import Caller
-from turnstream.domain.errors import ModelUnavailable, ToolCallNotPending, TurnNotFound
+from turnstream.domain.errors import ModelUnavailable, TurnNotFound, TurnNotWaiting
 from turnstream.domain.modes import TurnPlan, path_to
 from turnstream.domain.progress import TurnProgress
 from turnstream.domain.turn import TOOL_TIMEOUT, Turn, TurnEvent
@@ -154,7 +154,7 @@ class ToolAnswers:
                 self.writer.open_turn(turn_id, turn.version)
                 self.runner.launch(run_next)
             return Answered(turn_id=turn_id, seq=turn.version, continues=run_next is not None)
-        raise ToolCallNotPending("*", "turn_not_waiting", "The turn does not wait for answers now.")
+        raise TurnNotWaiting("*", "The turn does not wait for answers now; read it again.")
 
     async def _next_run(self, caller: Caller, turn: Turn) -> RunningTurn:
         """The runner of the turn's next step, from what the turn holds: made before the
