@@ -11,16 +11,27 @@ Usage::
         ...  # point a client at server.base_url
         assert server.requests[0]["messages"] == [...]
 
-or take the ``fake_openai`` pytest fixture.
+or take the ``fake_openai`` pytest fixture. Tool calls stream as ``delta.tool_calls``
+entries with an ``index``, the way OpenAI and vLLM send them; a turn of several steps
+is scripted one request at a time::
+
+    server.queue(
+        Script(tool_calls=[ToolCallScript(id="call_a", name="get_weather",
+                                          arguments_chunks=['{"ci', 'ty": "Oslo"}'])],
+               finish_reason="tool_calls"),
+        Script(chunks=["Sunny."]),
+    )
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +40,57 @@ from typing import Any
 
 import pytest
 
-__all__ = ["FakeOpenAI", "Script", "fake_openai"]
+__all__ = ["FakeOpenAI", "Script", "ToolCallScript", "fake_openai"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCallScript:
+    """One tool call the fake streams.
+
+    Streamed as OpenAI does: a first entry with ``index``, ``id``, ``type`` and the
+    name (or its first piece) with empty arguments, an entry per further name piece,
+    then one entry per argument chunk carrying only ``index`` and the chunk.
+
+    Attributes:
+        name: The tool's name.
+        arguments_chunks: The arguments' JSON text, one entry each.
+        id: The call's id; None sends none (some servers omit it).
+        name_chunks: The name split over entries (must join to ``name``); None sends
+            it whole in the first entry.
+        index: The entries' ``index``; None uses the call's place in the list.
+        arguments_in_first_entry: Send the first argument chunk in the first entry
+            (servers that send a whole call in one entry, such as Ollama).
+        repeat_header: Repeat the id, type and name in every argument entry (some
+            proxies do).
+    """
+
+    name: str
+    arguments_chunks: Sequence[str] = ()
+    id: str | None = None
+    name_chunks: Sequence[str] | None = None
+    index: int | None = None
+    arguments_in_first_entry: bool = False
+    repeat_header: bool = False
+
+    def entries(self, position: int) -> list[dict[str, Any]]:
+        """The ``delta.tool_calls`` entries of this call, in order."""
+        index = position if self.index is None else self.index
+        names = list(self.name_chunks) if self.name_chunks is not None else [self.name]
+        assert "".join(names) == self.name, "name_chunks must join to name"
+        chunks = list(self.arguments_chunks)
+        header: dict[str, Any] = {"index": index}
+        if self.id is not None:
+            header["id"] = self.id
+        header["type"] = "function"
+        first_arguments = chunks.pop(0) if self.arguments_in_first_entry and chunks else ""
+        entries = [{**header, "function": {"name": names[0], "arguments": first_arguments}}]
+        entries += [{"index": index, "function": {"name": piece}} for piece in names[1:]]
+        for chunk in chunks:
+            if self.repeat_header:
+                entries.append({**header, "function": {"name": self.name, "arguments": chunk}})
+            else:
+                entries.append({"index": index, "function": {"arguments": chunk}})
+        return entries
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +100,10 @@ class Script:
     Attributes:
         chunks: The answer, one ``delta.content`` per chunk.
         reasoning: Reasoning pieces sent before the answer, one chunk each.
+        tool_calls: Calls streamed after the answer, one ``delta.tool_calls`` entry per
+            chunk; set ``finish_reason="tool_calls"`` as a real server would.
+        interleave: Send the calls' entries in turn (first of each, second of each,
+            ...), as parallel calls may arrive, rather than one call after another.
         reasoning_field: The delta field carrying reasoning: ``reasoning_content``
             (DeepSeek, vLLM) or ``reasoning`` (Ollama, OpenRouter).
         usage: ``(prompt_tokens, completion_tokens)`` sent in a final usage chunk when
@@ -47,13 +112,16 @@ class Script:
         delay_s: Pause before each streamed chunk.
         status: An HTTP status >= 400 answers with an OpenAI-style error body instead.
         error_message: The ``error.message`` of that body.
-        break_after: Drop the connection mid-body after this many reasoning/answer
-            chunks (no terminating chunk, so the client sees a broken stream).
+        break_after: Drop the connection mid-body after this many reasoning, answer
+            or tool-call chunks (no terminating chunk, so the client sees a broken
+            stream).
         done: Whether to end with ``data: [DONE]``.
     """
 
     chunks: Sequence[str] = ("Hello", " from", " the", " fake", ".")
     reasoning: Sequence[str] = ()
+    tool_calls: Sequence[ToolCallScript] = ()
+    interleave: bool = False
     reasoning_field: str = "reasoning_content"
     usage: tuple[int, int] | None = (11, 7)
     finish_reason: str | None = "stop"
@@ -63,10 +131,19 @@ class Script:
     break_after: int | None = None
     done: bool = True
 
+    def tool_call_entries(self) -> list[dict[str, Any]]:
+        """Every call's entries in the order they are streamed."""
+        per_call = [call.entries(position) for position, call in enumerate(self.tool_calls)]
+        if not self.interleave:
+            return [entry for entries in per_call for entry in entries]
+        rounds = itertools.zip_longest(*per_call)
+        return [entry for entries in rounds for entry in entries if entry is not None]
+
 
 @dataclass
 class _State:
     script: Script = field(default_factory=Script)
+    queued: deque[Script] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -102,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests.append(body)
             state.headers.append({k.lower(): v for k, v in self.headers.items()})
-            script = state.script
+            script = state.queued.popleft() if state.queued else state.script
 
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_error(404, f"Unknown path {self.path}")
@@ -136,6 +213,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _complete(self, body: dict[str, Any], script: Script) -> None:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(script.chunks)}
+        if script.tool_calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": "".join(call.arguments_chunks)},
+                }
+                for call in script.tool_calls
+            ]
         if script.reasoning:
             message[script.reasoning_field] = "".join(script.reasoning)
         payload: dict[str, Any] = {
@@ -178,6 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
         event([choice({"role": "assistant", "content": ""})])
         deltas = [{script.reasoning_field: text} for text in script.reasoning]
         deltas += [{"content": text} for text in script.chunks]
+        deltas += [{"tool_calls": [entry]} for entry in script.tool_call_entries()]
         for sent, delta in enumerate(deltas):
             if script.break_after is not None and sent >= script.break_after:
                 self._break_connection()
@@ -272,6 +360,8 @@ class FakeOpenAI:
         *,
         chunks: Sequence[str] = Script.chunks,
         reasoning: Sequence[str] = Script.reasoning,
+        tool_calls: Sequence[ToolCallScript] = Script.tool_calls,
+        interleave: bool = Script.interleave,
         reasoning_field: str = Script.reasoning_field,
         usage: tuple[int, int] | None = Script.usage,
         finish_reason: str | None = Script.finish_reason,
@@ -281,18 +371,21 @@ class FakeOpenAI:
         break_after: int | None = Script.break_after,
         done: bool = Script.done,
     ) -> Script:
-        """Set how every following request is answered (until the next call).
+        """Set how every following request is answered (until the next call), once
+        the scripts :meth:`queue` holds are used up.
 
         Args:
             chunks: The answer, one ``delta.content`` per chunk.
             reasoning: Reasoning pieces sent before the answer.
+            tool_calls: Calls streamed after the answer.
+            interleave: Send the calls' entries in turn rather than call after call.
             reasoning_field: ``reasoning_content`` or ``reasoning``.
             usage: ``(prompt_tokens, completion_tokens)``, or None to send none.
             finish_reason: The finish reason, or None to send none.
             delay_s: Pause before each streamed chunk.
             status: An HTTP error status to fail with (>= 400).
             error_message: The error body's ``error.message``.
-            break_after: Drop the connection after this many reasoning/answer chunks.
+            break_after: Drop the connection after this many streamed chunks.
             done: Whether to end the stream with ``data: [DONE]``.
 
         Returns:
@@ -301,6 +394,8 @@ class FakeOpenAI:
         new = Script(
             chunks=tuple(chunks),
             reasoning=tuple(reasoning),
+            tool_calls=tuple(tool_calls),
+            interleave=interleave,
             reasoning_field=reasoning_field,
             usage=usage,
             finish_reason=finish_reason,
@@ -313,6 +408,16 @@ class FakeOpenAI:
         with self._server.state.lock:
             self._server.state.script = new
         return new
+
+    def queue(self, *scripts: Script) -> None:
+        """Answer the next requests with ``scripts``, one each and in order (a turn of
+        several steps); requests after them get the script set by :meth:`script`.
+
+        Args:
+            scripts: One script per request.
+        """
+        with self._server.state.lock:
+            self._server.state.queued.extend(scripts)
 
     @property
     def requests(self) -> list[dict[str, Any]]:

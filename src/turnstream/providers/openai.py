@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
 
+import msgspec
 import openai
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ChatCompletionToolUnionParam,
+)
+from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall
 
+from turnstream.domain.tools import ToolSpec
 from turnstream.providers.base import (
     ChatMessage,
     Chunk,
@@ -17,8 +26,12 @@ from turnstream.providers.base import (
     ProviderError,
     ReasoningDelta,
     TextDelta,
+    ToolCallArguments,
+    ToolCallBegun,
     Usage,
+    estimate_tokens,
     estimate_usage,
+    tool_param,
 )
 from turnstream.settings import ModelConfig
 
@@ -36,15 +49,36 @@ _MAX_SERVER_MESSAGE_CHARS = 300
 def _to_param(message: ChatMessage) -> ChatCompletionMessageParam:
     if message.role == "system":
         return {"role": "system", "content": message.content}
+    if message.role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_call_id or "",
+            "content": message.content,
+        }
     if message.role == "assistant":
-        return {"role": "assistant", "content": message.content}
+        if not message.tool_calls:
+            return {"role": "assistant", "content": message.content}
+        # A step that only called tools has no text: null, as OpenAI itself returns such
+        # a message (so every server that takes tools takes it back).
+        return {
+            "role": "assistant",
+            "content": message.content or None,
+            "tool_calls": [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ],
+        }
     return {"role": "user", "content": message.content}
 
 
 def _reasoning_of(delta: ChoiceDelta) -> str | None:
     extra = delta.model_extra or {}
-    for field in _REASONING_FIELDS:
-        value = extra.get(field, getattr(delta, field, None))
+    for name in _REASONING_FIELDS:
+        value = extra.get(name, getattr(delta, name, None))
         if isinstance(value, str) and value:
             return value
     return None
@@ -126,16 +160,21 @@ class OpenAIProvider:
             self._clients[key] = client
         return client, api_key
 
-    async def stream(self, model: ModelConfig, messages: list[ChatMessage]) -> AsyncIterator[Chunk]:
-        """Stream one answer from the model's server.
+    async def stream(
+        self, model: ModelConfig, messages: list[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[Chunk]:
+        """Stream one model step from the model's server.
 
         Args:
             model: Which server and model to ask, with its limits and timeout.
             messages: The conversation, system prompt first.
+            tools: The tools the model may call; none sends no ``tools`` at all (some
+                servers refuse an empty list).
 
         Yields:
-            ReasoningDelta and TextDelta as they arrive, then exactly one Completed, whose
-            usage is the server's or, when it reported none, an estimate.
+            ReasoningDelta, TextDelta, ToolCallBegun and ToolCallArguments as they
+            arrive, then exactly one Completed, whose usage is the server's or, when it
+            reported none, an estimate.
 
         Raises:
             ProviderError: The server was unreachable, refused, timed out or broke off.
@@ -143,6 +182,8 @@ class OpenAIProvider:
         client, api_key = self._client(model)
         answer: list[str] = []
         reasoning: list[str] = []
+        calls = _ToolCalls(model, messages)
+        params = [cast(ChatCompletionToolUnionParam, tool_param(t)) for t in tools]
         finish_reason: str | None = None
         usage: Usage | None = None
         streaming = False
@@ -156,6 +197,7 @@ class OpenAIProvider:
                     model.max_output_tokens if model.max_output_tokens is not None else openai.omit
                 ),
                 temperature=model.temperature if model.temperature is not None else openai.omit,
+                tools=params or openai.omit,
                 timeout=model.timeout_s,
             )
             streaming = True
@@ -167,19 +209,29 @@ class OpenAIProvider:
                             completion_tokens=chunk.usage.completion_tokens,
                             estimated=False,
                         )
-                    for piece in _pieces(chunk):
+                    for piece in _pieces(chunk, calls):
                         if isinstance(piece, ReasoningDelta):
                             reasoning.append(piece.text)
-                        else:
+                        elif isinstance(piece, TextDelta):
                             answer.append(piece.text)
                         yield piece
-                    finish_reason = _finish_reason(chunk) or finish_reason
+                    ended = _finish_reason(chunk)
+                    if ended:
+                        finish_reason = ended
+                        # The step is over: no call's name can grow any more.
+                        for piece in calls.flush():
+                            yield piece
         except (openai.OpenAIError, ValueError) as exc:
             # ValueError: a server that sends something other than JSON in a data line.
             raise _provider_error(exc, model=model, api_key=api_key, streaming=streaming) from None
 
+        for piece in calls.flush():
+            yield piece
         if usage is None:
             usage = estimate_usage(messages, "".join(answer), "".join(reasoning))
+            usage = msgspec.structs.replace(
+                usage, completion_tokens=usage.completion_tokens + calls.estimated_tokens()
+            )
         # A stream that ended cleanly without saying why is treated as a normal stop.
         yield Completed(finish_reason=finish_reason or "stop", usage=usage)
 
@@ -210,8 +262,8 @@ class OpenAIProvider:
             await client.close()
 
 
-def _pieces(chunk: ChatCompletionChunk) -> list[TextDelta | ReasoningDelta]:
-    pieces: list[TextDelta | ReasoningDelta] = []
+def _pieces(chunk: ChatCompletionChunk, calls: _ToolCalls) -> list[Chunk]:
+    pieces: list[Chunk] = []
     for choice in chunk.choices:
         # We ask for one answer (n=1); a server that sends more gets only the first read.
         if choice.index != 0:
@@ -221,6 +273,8 @@ def _pieces(chunk: ChatCompletionChunk) -> list[TextDelta | ReasoningDelta]:
             pieces.append(ReasoningDelta(reasoning))
         if choice.delta.content:
             pieces.append(TextDelta(choice.delta.content))
+        if choice.delta.tool_calls:
+            pieces.extend(calls.feed(choice.delta.tool_calls))
     return pieces
 
 
@@ -229,3 +283,119 @@ def _finish_reason(chunk: ChatCompletionChunk) -> str | None:
         if choice.index == 0 and choice.finish_reason:
             return str(choice.finish_reason)
     return None
+
+
+def _starts_another(call: _Call, server_id: str | None, name: str) -> bool:
+    if server_id and call.server_id and server_id != call.server_id:
+        return True
+    return call.call_id is not None and bool(name) and name != call.name
+
+
+@dataclass
+class _Call:
+    """One call of the step as its deltas arrive."""
+
+    ordinal: int
+    server_id: str | None
+    name: str = ""
+    call_id: str | None = None  # set once begun
+    pending: list[str] = field(default_factory=list)  # arguments that came before that
+    arguments: list[str] = field(default_factory=list)
+
+
+class _ToolCalls:
+    """Turns a step's ``delta.tool_calls`` into ToolCallBegun and ToolCallArguments.
+
+    Servers stream each call as entries with an ``index``; calls may interleave. The
+    first entry of a call usually carries its ``id`` and whole ``function.name`` (OpenAI,
+    vLLM, llama.cpp), but a name may come split over entries, and some servers repeat
+    the id and name in every entry. So a call is begun only once its name is complete:
+
+    - the name is complete when an entry for the call carries no name, or carries
+      arguments, or repeats the name so far (a repeat is not appended), or when another
+      call appears at the same index, or the step ends;
+    - another call appears at an index when an entry brings a different ``id``, or a
+      different name once the call was begun (servers that send every call at index
+      0); the call's own name again is ignored;
+    - argument pieces that arrived before the call was begun are sent, joined, right
+      after its ToolCallBegun.
+
+    A call's id is the server's, unless the server sent none or one already used in
+    this conversation or step (servers that number calls per request, ``call_0`` in
+    every step); then it is ``call_<n>_<digest>``, where ``n`` is the call's place in
+    the step (its index on a well-behaved server) and ``digest`` hashes the model and
+    the messages, which differ from step to step. The same request so gives the same
+    ids, and no two calls of one turn share one.
+    """
+
+    def __init__(self, model: ModelConfig, messages: list[ChatMessage]) -> None:
+        self._messages = messages
+        self._model = model.provider_model
+        self._digest: str | None = None
+        self._calls: list[_Call] = []
+        self._at: dict[int, _Call] = {}
+        self._taken = {c.call_id for m in messages for c in m.tool_calls}
+        self._taken.update(m.tool_call_id for m in messages if m.tool_call_id)
+
+    def feed(self, deltas: list[ChoiceDeltaToolCall]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for position, delta in enumerate(deltas):
+            index = getattr(delta, "index", None)
+            index = index if isinstance(index, int) else position
+            piece = (delta.function.name if delta.function else None) or ""
+            arguments = (delta.function.arguments if delta.function else None) or ""
+            call = self._at.get(index)
+            if call is None or _starts_another(call, delta.id, piece):
+                if call is not None:
+                    out.extend(self._begin(call))
+                call = self._at[index] = _Call(ordinal=len(self._calls), server_id=delta.id)
+                self._calls.append(call)
+            elif delta.id and not call.server_id and call.call_id is None:
+                call.server_id = delta.id
+            if arguments:
+                call.arguments.append(arguments)
+            if call.call_id is not None:
+                if arguments:
+                    out.append(ToolCallArguments(call.call_id, arguments))
+                continue
+            repeat = bool(piece) and piece == call.name
+            if piece and not repeat:
+                call.name += piece
+            if arguments:
+                call.pending.append(arguments)
+            if call.name and (not piece or repeat or arguments):
+                out.extend(self._begin(call))
+        return out
+
+    def flush(self) -> list[Chunk]:
+        """Begin every call not yet begun (the step ended), in the order they came."""
+        out: list[Chunk] = []
+        for call in self._calls:
+            out.extend(self._begin(call))
+        return out
+
+    def estimated_tokens(self) -> int:
+        """The calls' rough token count, counted as :func:`message_tokens` counts them."""
+        return sum(estimate_tokens(c.name + "".join(c.arguments)) for c in self._calls)
+
+    def _begin(self, call: _Call) -> list[Chunk]:
+        if call.call_id is not None:
+            return []
+        call_id = call.server_id
+        if not call_id or call_id in self._taken:
+            call_id = f"call_{call.ordinal}_{self._request_digest()}"
+            while call_id in self._taken:
+                call_id += "x"
+        self._taken.add(call_id)
+        call.call_id = call_id
+        out: list[Chunk] = [ToolCallBegun(call_id, call.name)]
+        if call.pending:
+            out.append(ToolCallArguments(call_id, "".join(call.pending)))
+            call.pending.clear()
+        return out
+
+    def _request_digest(self) -> str:
+        if self._digest is None:
+            payload = msgspec.json.encode([self._model, self._messages])
+            self._digest = hashlib.sha256(payload).hexdigest()[:16]
+        return self._digest
