@@ -27,6 +27,7 @@ import msgspec
 
 from turnstream.domain.errors import Invalid
 from turnstream.domain.modes import TurnRequest
+from turnstream.domain.tools import ToolSpec
 
 Row = dict[str, Any]
 
@@ -58,6 +59,8 @@ class ChatTurn(msgspec.Struct, frozen=True, kw_only=True):
     """``regenerate-message``: the answer to answer again (our id or the client's)."""
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     model: str | None = None
+    tools: list[ToolSpec] | None = None
+    """The client tools the turn offers (None: the conversation's)."""
 
 
 def _find(messages: dict[UUID, Row], ref: str, role: str) -> Row | None:
@@ -84,6 +87,7 @@ def _latest_answer(messages: dict[UUID, Row], parent: UUID | None = None) -> Row
 def chat_request(chat: ChatTurn, messages: dict[UUID, Row], leaf: UUID | None) -> TurnRequest:
     """The turn ``chat`` asks for, given the tree (messages in creation order)."""
     common: dict[str, Any] = {"request_id": chat.request_id, "model": chat.model}
+    common["tools"] = chat.tools
     if chat.trigger == "regenerate-message":
         if chat.message_id is not None:
             target = _find(messages, chat.message_id, "assistant")

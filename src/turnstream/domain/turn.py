@@ -231,6 +231,9 @@ class Turn:
         """The usage of the finished steps, summed."""
         self.waiting_until: datetime | None = None
         """Set while the turn waits (since its ``Waiting``, only answers came)."""
+        self.paused_at: int | None = None
+        """While it waits: the seq of its ``Waiting`` (a client that saw it has the rest
+        of the turn up to there; what follows are answers, then the next step)."""
 
     @property
     def waiting(self) -> tuple[WaitingFor, list[str]] | None:
@@ -251,9 +254,9 @@ class Turn:
             raise ValueError(msg)
         self.version = event.originator_version
         if isinstance(event, Turn.Waiting):
-            self.waiting_until = event.until
+            self.waiting_until, self.paused_at = event.until, event.originator_version
         elif not isinstance(event, ANSWERS):  # answers come while it waits; else it goes on
-            self.waiting_until = None
+            self.waiting_until = self.paused_at = None
         steps = self.steps
         if isinstance(event, Turn.TokensAppended):
             self.text += event.text

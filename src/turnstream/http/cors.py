@@ -20,7 +20,15 @@ METHODS: list[Literal["GET", "POST", "PATCH", "DELETE", "OPTIONS"]] = [
     "DELETE",
     "OPTIONS",
 ]
-REQUEST_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Guest-Token"]
+REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Last-Event-ID",
+    "X-Guest-Token",
+    "X-Turnstream-Tool-Approvals",
+]
+"""What a page may send: its token, its resume point, a guest token to claim, and
+that its AI SDK client knows the approval chunks (`turnstream.http.routes.chat`)."""
 EXPOSED_HEADERS = ["Retry-After", "x-vercel-ai-ui-message-stream"]
 """What a page may read of a response beyond the safelisted headers: when to retry a
 429 or 503, and the marker the AI SDK's client looks for on its stream response."""

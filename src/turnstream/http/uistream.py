@@ -1,18 +1,19 @@
 """The AI SDK's UI message stream (protocol v1) over a followed turn.
 
 What ``DefaultChatTransport`` in the npm package ``ai`` (5.x to 7.x) reads: SSE
-events whose data is one JSON chunk each. A turn event becomes a group of chunks: the
-structural ones the client's parser needs first (``start-step``, ``text-start``,
-``reasoning-end`` …), then the one that carries the event. The chunk fields are exactly
-those of ai 5.0.0's strict parser, which refuses any field or chunk type it does not
-know, so the side-channel filler of text and reasoning deltas travels in an SSE
-comment line (every SSE parser drops comments), never in the JSON.
+events whose data is one JSON chunk each. A turn event becomes a group of chunks
+(``turnstream.http.uichunks``); the side-channel filler of text, reasoning and tool
+argument deltas travels in an SSE comment line (every SSE parser drops comments), never
+in the JSON, which ai 5.0.0's strict parser checks field by field.
 
 Only a group's last chunk has an ``id:`` line, the turn's seq: whatever ``Last-Event-ID``
 a client sends, it has the whole group of that seq, so resuming after it is exact. The
-structural chunks depend on what came before (is a text part open?), so a resumed
-stream folds the turn from its first event and sends only what follows the client's
-seq (see :func:`ui_frames`).
+groups depend on what came before, so a resumed stream folds the turn from its first
+event and sends only what follows the client's seq (see :func:`ui_frames`).
+
+A stream ends with the turn, or at a pause: the AI SDK's client answers a tool call
+(``addToolResult``) or an approval once its stream has ended, and posts the answer in
+a new request, whose response continues the same turn (``turnstream.http.routes.chat``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from typing import Any
 
 import msgspec
 
-from turnstream.domain.turn import Turn, TurnEvent
+from turnstream.domain.turn import TurnEvent
 from turnstream.http.sse import PING, filler
+from turnstream.http.uichunks import ABORT, Chunk, UiStream
+
+__all__ = ["ABORT", "DONE", "HEADERS", "UiStream", "encode_group", "ui_frames"]
 
 HEADERS = {
     "Cache-Control": "no-cache",
@@ -33,100 +37,72 @@ HEADERS = {
 
 DONE = b"data: [DONE]\n\n"
 
-ABORT = {"type": "abort"}
+PADDED = ("delta", "inputTextDelta")
+"""The fields whose length would tell the length of the text streamed."""
 
 _json = msgspec.json.Encoder()
 
 
-class UiStream:
-    """Turn events to UI message chunks, in order; it remembers which parts are open."""
-
-    def __init__(self) -> None:
-        self.text: str | None = None
-        """The open text part's id (None: none is open)."""
-        self.reasoning: str | None = None
-
-    def chunks(self, event: TurnEvent) -> list[dict[str, Any]]:
-        """The chunks of one event, the one carrying it last."""
-        seq = event.originator_version
-        if isinstance(event, Turn.Started):
-            started = {
-                "turn_id": str(event.originator_id),
-                "conversation_id": str(event.conversation_id),
-                "model": event.model,
-            }
-            start = {"type": "start", "messageId": str(event.assistant_message_id)}
-            return [start | {"messageMetadata": started}, {"type": "start-step"}]
-        if isinstance(event, Turn.ReasoningAppended):
-            out = self._close_text()
-            if self.reasoning is None:
-                self.reasoning = f"reasoning-{seq}"
-                out.append({"type": "reasoning-start", "id": self.reasoning})
-            return [*out, {"type": "reasoning-delta", "id": self.reasoning, "delta": event.text}]
-        if isinstance(event, Turn.TokensAppended):
-            out = self._close_reasoning()
-            if self.text is None:
-                self.text = f"text-{seq}"
-                out.append({"type": "text-start", "id": self.text})
-            return [*out, {"type": "text-delta", "id": self.text, "delta": event.text}]
-        if isinstance(event, Turn.Titled):
-            return [{"type": "data-title", "id": "title", "data": {"title": event.title}}]
-        out = [*self._close_reasoning(), *self._close_text(), {"type": "finish-step"}]
-        meta: dict[str, Any] = {"turn_id": str(event.originator_id)}  # merged into start's
-        if isinstance(event, Turn.Finished):
-            meta |= {"status": event.status, "finish_reason": event.finish_reason}
-            meta["usage"] = msgspec.to_builtins(event.usage)
-            if event.status == "interrupted":
-                # The client's own stop ends a stream with ``abort``; a cancel is one.
-                return [*out, {"type": "message-metadata", "messageMetadata": meta}, ABORT]
-            return [*out, {"type": "finish", "messageMetadata": meta}]
-        assert isinstance(event, Turn.Failed)
-        meta |= {"status": "failed", "code": event.code}
-        return [
-            *out,
-            {"type": "message-metadata", "messageMetadata": meta},
-            {"type": "error", "errorText": f"{event.code}: {event.message}"},
-        ]
-
-    def _close_text(self) -> list[dict[str, Any]]:
-        if self.text is None:
-            return []
-        closed, self.text = self.text, None
-        return [{"type": "text-end", "id": closed}]
-
-    def _close_reasoning(self) -> list[dict[str, Any]]:
-        if self.reasoning is None:
-            return []
-        closed, self.reasoning = self.reasoning, None
-        return [{"type": "reasoning-end", "id": closed}]
-
-
-def encode_group(event: TurnEvent, chunks: list[dict[str, Any]], *, padding: bool) -> bytes:
-    """One SSE event per chunk; the last has ``id: <seq>``, a delta a filler comment."""
+def encode_chunks(chunks: list[Chunk], seq: int | None, *, padding: bool) -> bytes:
+    """One SSE event per chunk; the last has ``id: <seq>`` (unless None), a delta a
+    filler comment."""
     out = bytearray()
     last = len(chunks) - 1
     for n, chunk in enumerate(chunks):
-        if padding and "delta" in chunk:
-            out += b": " + filler(chunk["delta"]).encode() + b"\n"
-        if n == last:
-            out += b"id: %d\n" % event.originator_version
+        text: Any = next((chunk[f] for f in PADDED if f in chunk), None)
+        if padding and isinstance(text, str):
+            out += b": " + filler(text).encode() + b"\n"
+        if n == last and seq is not None:
+            out += b"id: %d\n" % seq
         out += b"data: " + _json.encode(chunk) + b"\n\n"
     return bytes(out)
 
 
+def encode_group(event: TurnEvent, chunks: list[Chunk], *, padding: bool) -> bytes:
+    """The group of one event: its last chunk has the event's seq."""
+    return encode_chunks(chunks, event.originator_version, padding=padding)
+
+
 async def ui_frames(
-    events: AsyncIterator[TurnEvent | None], *, after: int, padding: bool
+    events: AsyncIterator[TurnEvent | None],
+    *,
+    after: int,
+    padding: bool,
+    settled: int = 0,
+    approvals: bool = False,
 ) -> AsyncIterator[bytes]:
     """The UI message stream of a followed turn, from its first event: the groups of
     events up to ``after`` only update the state (the client has them), the rest are
-    sent; ``: ping`` for each keep-alive, ``data: [DONE]`` after the terminal group."""
-    stream = UiStream()
-    async for event in events:
-        if event is None:
-            yield PING
-            continue
-        chunks = stream.chunks(event)
-        if event.originator_version > after:
-            yield encode_group(event, chunks, padding=padding)
-        if event.TERMINAL:
-            yield DONE
+    sent; ``: ping`` for each keep-alive; ``data: [DONE]`` after the terminal group, or
+    where the turn waits.
+
+    ``settled``: the seq the turn had reached when the stream was asked for. A pause
+    from there on ends the stream (the client must answer); an earlier one was answered
+    already and the stream goes through it. When the turn still waits after answers
+    that reopened the message (some of its calls are answered, not all), a ``finish``
+    that says so ends it again (a chunk of no event: it has no ``id:``).
+
+    ``approvals``: the client knows the approval chunks (ai >= 6).
+    """
+    stream = UiStream(approvals=approvals)
+    try:
+        async for event in events:
+            if event is None:
+                yield PING
+                continue
+            chunks = stream.chunks(event)
+            seq = event.originator_version
+            if seq > after and chunks:
+                yield encode_group(event, chunks, padding=padding)
+            if event.TERMINAL:
+                yield DONE
+                return
+            if seq >= settled and stream.waits:
+                if stream.message:
+                    yield encode_chunks([stream.pause()], None, padding=padding)
+                yield DONE
+                return
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()  # a pause ends the stream, not the turn: stop following it

@@ -27,6 +27,7 @@ from turnstream.domain.callers import Caller
 from turnstream.domain.errors import ModelUnavailable, TurnNotFound, TurnNotWaiting
 from turnstream.domain.modes import TurnPlan, path_to
 from turnstream.domain.progress import TurnProgress
+from turnstream.domain.tools import WaitingFor
 from turnstream.domain.turn import TOOL_TIMEOUT, Turn, TurnEvent
 from turnstream.settings import ModelConfig
 from turnstream.store.application import TurnstreamApplication
@@ -72,6 +73,19 @@ class Answered(msgspec.Struct, kw_only=True):
     turn_id: UUID
     seq: int
     continues: bool
+
+
+class OpenTurn(msgspec.Struct, kw_only=True, frozen=True):
+    """A conversation's turn that has not ended, as a client that may answer it (or
+    follow it to its next pause) needs it."""
+
+    turn_id: UUID
+    seq: int
+    """The seq of its last event."""
+    paused_at: int | None = None
+    """While it waits: the seq of its ``Waiting``."""
+    pending: dict[str, WaitingFor] = msgspec.field(default_factory=dict)
+    """While it waits: each call that waits for an answer, and for which kind."""
 
 
 Answer = Callable[[Turn], list[TurnEvent]]
@@ -128,6 +142,19 @@ class ToolAnswers:
             )
 
         return await self._answer(caller, conversation_id, turn_id, answer)
+
+    async def open_turn(self, caller: Caller, conversation_id: UUID) -> OpenTurn | None:
+        """The conversation's turn that runs or waits (None when none does)."""
+        turn_id = await self.conversations.active_turn(caller, conversation_id)
+        turn = None if turn_id is None else await self.run(self.app.turn, turn_id)
+        if turn is None or turn.ended:
+            return None
+        pending: dict[str, WaitingFor] = {}
+        if turn.paused_at is not None:
+            pending = {c.call_id: w for c in turn.steps.last_calls if (w := c.waits_for)}
+        return OpenTurn(
+            turn_id=turn.id, seq=turn.version, paused_at=turn.paused_at, pending=pending
+        )
 
     async def _answer(
         self, caller: Caller, conversation_id: UUID, turn_id: UUID, answer: Answer

@@ -1,11 +1,18 @@
 """The AI SDK's chat routes: what a stock ``DefaultChatTransport`` calls.
 
-``POST /v1/chat`` starts a turn and answers with its UI message stream;
-``GET /v1/chat/{id}/stream`` is what ``useChat({resume: true})`` asks on mount;
-``POST /v1/chat/{id}/stop`` is a stop button's call. Each is the same turn lifecycle as
-``/v1/conversations/…``: the chat id names a conversation (``usecases.chats``), the
-body becomes an ordinary turn request (``domain.chats``), the stream is the followed
-turn in another encoding (``http.uistream``).
+``POST /v1/chat`` starts a turn and answers with its UI message stream, or, when the
+chat's turn waits and the posted assistant message answers its tool calls, records the
+answers and answers with the rest of that turn; ``GET /v1/chat/{id}/stream`` is what
+``useChat({resume: true})`` asks on mount; ``POST /v1/chat/{id}/stop`` is a stop
+button's call. Each is the same turn lifecycle as ``/v1/conversations/…``: the chat id
+names a conversation (``usecases.chats``), the body becomes an ordinary turn request
+(``domain.chats``) or the answers of ``POST …/tool-results`` and ``…/approvals``
+(``usecases.tooluse``), the stream is the followed turn in another encoding
+(``http.uistream``).
+
+The approval chunks are known to ai >= 6 only (5.0.0 refuses them): a client that
+knows them says so with ``X-Turnstream-Tool-Approvals: 1``, which the transport's
+``headers`` send with every request, the stream's resume too.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from turnstream.domain.callers import Caller
 from turnstream.domain.chats import ChatTrigger, ChatTurn
-from turnstream.domain.errors import Invalid
+from turnstream.domain.errors import Invalid, ToolCallNotPending, TurnInProgress, TurnNotWaiting
+from turnstream.domain.tools import ToolSpec
 from turnstream.http.dependencies import (
     EVENT_STREAM,
     LastEventId,
@@ -30,29 +38,10 @@ from turnstream.http.dependencies import (
     sse_settings,
 )
 from turnstream.http.tickets import StreamCaller
+from turnstream.http.uimessages import ClientId, UiMessage, answers
 from turnstream.http.uistream import HEADERS, ui_frames
 from turnstream.usecases.chats import chat_conversation_id
 from turnstream.usecases.services import Services
-
-ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-
-
-class UiPart(msgspec.Struct, kw_only=True):
-    """A part of a UI message; only text parts are read (other fields are ignored)."""
-
-    type: str
-    text: str | None = None
-
-
-class UiMessage(msgspec.Struct, kw_only=True):
-    """A message as the AI SDK sends it (``UIMessage``); unknown fields are ignored."""
-
-    id: ClientId | None = None
-    role: str
-    parts: list[UiPart] = msgspec.field(default_factory=list)
-
-    def text(self) -> str:
-        return "\n".join(p.text for p in self.parts if p.type == "text" and p.text)
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):
@@ -69,9 +58,16 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     """``regenerate-message``: the answer to regenerate."""
     model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    tools: list[ToolSpec] | None = None
+    """Client tools the turn offers (OpenAI function format), as ``TurnRequest.tools``:
+    what the app's transport merges into the body."""
+
+    @property
+    def last(self) -> UiMessage | None:
+        return self.message or (self.messages[-1] if self.messages else None)
 
     def turn(self) -> ChatTurn:
-        last = self.message or (self.messages[-1] if self.messages else None)
+        last = self.last
         user = last if last is not None and last.role == "user" else None
         if self.trigger == "submit-message" and user is None:
             raise Invalid("'submit-message' needs a last message whose role is 'user'.")
@@ -82,7 +78,11 @@ class ChatRequest(msgspec.Struct, kw_only=True):
             message_id=self.messageId,
             request_id=self.request_id,
             model=self.model,
+            tools=self.tools,
         )
+
+
+APPROVALS_HEADER = "X-Turnstream-Tool-Approvals"
 
 
 def ui_stream(frames: AsyncIterator[bytes]) -> Stream:
@@ -99,12 +99,59 @@ def ui_stream(frames: AsyncIterator[bytes]) -> Stream:
 async def chat(
     request: Request[Any, Any, Any], services: Services, caller: Caller, data: ChatRequest
 ) -> Stream:
+    last = data.last
+    if data.trigger == "submit-message" and last is not None and last.calls_tools:
+        return await answer_chat(request, services, caller, data.id, last)
     turn_request = data.turn()
     cid = await services.chats.open(caller, data.id, model=data.model)
     turn = await services.turns.start(caller, cid, turn_request, client=client_of(request))
     events = services.follower.follow(caller.tenant, cid, turn.turn_id, 0, turn.known)
     padding = sse_settings(request).padding
-    return ui_stream(ui_frames(events, after=0, padding=padding))
+    approvals = knows_approvals(request)
+    return ui_stream(ui_frames(events, after=0, padding=padding, approvals=approvals))
+
+
+async def answer_chat(
+    request: Request[Any, Any, Any],
+    services: Services,
+    caller: Caller,
+    chat_id: str,
+    message: UiMessage,
+) -> Stream:
+    """The chat's waiting turn takes the answers ``message`` carries and goes on (as
+    ``POST …/tool-results`` and ``…/approvals`` do); the response is the rest of that
+    turn, after the pause the client's last stream ended with. Never a new turn: with
+    nothing to answer it is 409."""
+    cid = await services.chats.find(caller, chat_id)
+    turn = None if cid is None else await services.answers.open_turn(caller, cid)
+    if cid is None or turn is None:
+        raise TurnNotWaiting("*", "This chat has no turn that waits for answers.")
+    if turn.paused_at is None:
+        raise TurnInProgress(turn.turn_id)
+    found = answers(message, turn.pending)
+    if not (found.results or found.approvals):
+        waits = ", ".join(f"{c!r} ({why})" for c, why in turn.pending.items())
+        raise ToolCallNotPending("*", f"The message answers none of the calls that wait: {waits}.")
+    answered = None
+    if found.results:
+        answered = await services.answers.results(caller, cid, turn.turn_id, found.results)
+    for approval in found.approvals:
+        answered = await services.answers.decide(caller, cid, turn.turn_id, approval)
+    assert answered is not None
+    events = services.follower.follow(caller.tenant, cid, turn.turn_id, 0)
+    frames = ui_frames(
+        events,
+        after=turn.paused_at,
+        settled=answered.seq,
+        padding=sse_settings(request).padding,
+        approvals=knows_approvals(request),
+    )
+    return ui_stream(frames)
+
+
+def knows_approvals(request: Request[Any, Any, Any]) -> bool:
+    """Whether the client knows the approval chunks (it says so: ai 5.0.0 refuses them)."""
+    return request.headers.get(APPROVALS_HEADER, "").strip().lower() in ("1", "true")
 
 
 @get(
@@ -129,14 +176,21 @@ async def chat_stream(
     caller = stream_caller.check_ticket_scope(
         cid or chat_conversation_id(stream_caller.caller, chat_id)
     )
-    turn_id = None if cid is None else await services.conversations.active_turn(caller, cid)
-    if cid is None or turn_id is None:
+    turn = None if cid is None else await services.answers.open_turn(caller, cid)
+    if cid is None or turn is None:
         return Response(None, status_code=HTTP_204_NO_CONTENT)
     # From the first event, whatever the client has: the chunks after ``after`` depend
-    # on the parts the earlier ones opened.
-    events = services.follower.follow(caller.tenant, cid, turn_id, 0)
-    padding = sse_settings(request).padding
-    return ui_stream(ui_frames(events, after=after, padding=padding))
+    # on the parts the earlier ones opened. It ends where the turn waits (now, or at a
+    # later pause), so that the client can answer.
+    events = services.follower.follow(caller.tenant, cid, turn.turn_id, 0)
+    frames = ui_frames(
+        events,
+        after=after,
+        settled=turn.seq,
+        padding=sse_settings(request).padding,
+        approvals=knows_approvals(request),
+    )
+    return ui_stream(frames)
 
 
 class ChatStop(msgspec.Struct, kw_only=True):
