@@ -56,7 +56,7 @@ def test_a_tool_call_ends_the_stream_and_the_answer_continues_the_same_turn(
     assert "dynamic" not in call  # the client runs it
     seq, pause = first[-2]
     assert pause["messageMetadata"]["status"] == "waiting"
-    assert pause["messageMetadata"]["call_ids"] == [call["toolCallId"]]
+    assert pause["messageMetadata"]["waiting"]["call_ids"] == [call["toolCallId"]]
 
     # The chat's stream (a reload) ends at the pause too, and resumes exactly.
     r = httpx.get(f"{server.base_url}/v1/chat/{cid}/stream", headers=server.headers(), timeout=60)

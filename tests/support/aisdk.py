@@ -112,3 +112,98 @@ def run_chat(
         elif "stop" in item:
             result.stop = item["stop"]
     return result
+
+
+@dataclass
+class Exchange:
+    """One HTTP exchange of the chat: what the client posted, the chunks it got."""
+
+    method: str
+    url: str
+    body: Any
+    status: int | None = None
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""
+
+    @property
+    def types(self) -> list[str]:
+        return [chunk["type"] for chunk in self.chunks]
+
+
+@dataclass
+class ToolChat:
+    """What tools.mjs printed: each exchange, each call its onToolCall got, the chat's
+    messages at the end, its status, and errors (thrown or reported)."""
+
+    exchanges: list[Exchange] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    status: str | None = None
+    errors: list[str] = field(default_factory=list)
+    stderr: str = ""
+
+    @property
+    def error(self) -> str | None:
+        return "\n".join(self.errors) if self.errors else None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The chat's last message (the assistant's answer)."""
+        return self.messages[-1]
+
+
+def ui_chunks(text: str) -> list[dict[str, Any]]:
+    """The chunks of a UI message stream's text (comments, ids and [DONE] dropped)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append(json.loads(line.removeprefix("data: ")))
+    return out
+
+
+def run_tools(
+    version: str,
+    action: Literal["client-tool", "approval"],
+    *,
+    base: str,
+    token: str,
+    chat_id: str,
+    timeout: float = 60.0,
+    **spec: Any,
+) -> ToolChat:
+    """Run one tool turn of tools.mjs (a real ``Chat``): ``spec`` is ``text``, ``tools``,
+    ``output``, ``approve``, ``reason``, ``headers``."""
+    assert version in VERSIONS, version
+    payload = {"version": version, "action": action, "base": base, "token": token}
+    payload |= {"chatId": chat_id} | spec
+    done = subprocess.run(
+        [str(NODE), str(CLIENTS / "tools.mjs")],
+        input=json.dumps(payload),
+        cwd=CLIENTS,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"tools.mjs exited {done.returncode}:\n{done.stderr}"
+    result = ToolChat(stderr=done.stderr)
+    waiting: list[Exchange] = []
+    for line in done.stdout.splitlines():
+        item = json.loads(line)
+        if "request" in item:
+            exchange = Exchange(**item["request"])
+            result.exchanges.append(exchange)
+            waiting.append(exchange)
+        elif "response" in item:
+            exchange = waiting.pop(0)  # responses come in the order of their requests
+            exchange.status, exchange.text = item["response"]["status"], item["response"]["text"]
+            exchange.chunks = ui_chunks(exchange.text)
+        elif "toolCall" in item:
+            result.tool_calls.append(item["toolCall"])
+        elif "messages" in item:
+            result.messages = item["messages"]
+        elif "status" in item:
+            result.status = item["status"]
+        elif "error" in item:
+            result.errors.append(item["error"])
+    return result

@@ -13,71 +13,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.support.events import a_started
-from turnstream.domain.progress import Draft, TurnProgress
+from tests.support.toolturns import WEATHER, Script
 from turnstream.domain.tools import FunctionSpec, ToolSpec
-from turnstream.domain.turn import Turn, TurnEvent, TurnUsage
+from turnstream.domain.turn import Turn, TurnEvent
 from turnstream.http.uimessages import UiMessage, answers
 from turnstream.http.uistream import UiStream, ui_frames
 from turnstream.usecases.tooluse import Approval, ToolResult
-
-WEATHER = ToolSpec(function=FunctionSpec(name="get_weather"))
-USAGE = TurnUsage(prompt_tokens=3, completion_tokens=2)
-
-
-class Script:
-    """A turn's events, made by the domain as the runner and the answers make them."""
-
-    def __init__(self, *, tools: Sequence[ToolSpec] = (WEATHER,)) -> None:
-        self.started = a_started(tools=tuple(tools))
-        self.events: list[TurnEvent] = [self.started]
-        self.progress = TurnProgress(self.started)
-
-    def add(self, *drafts: Draft | None) -> Script:
-        for draft in drafts:
-            if draft is not None:
-                self.events.append(draft.event(len(self.events) + 1))
-        return self
-
-    def call(self, call_id: str, name: str, arguments: str, kind: Any = "client") -> Script:
-        p = self.progress
-        self.add(p.call_started(call_id, name), p.call_arguments(call_id, arguments))
-        draft, problem = p.call_ready(call_id, kind, "files" if kind == "server" else None)
-        self.add(draft)
-        if problem is not None or kind == "unknown":
-            self.add(p.result(call_id, problem or "No such tool.", is_error=True))
-        return self
-
-    def pause(self) -> Script:
-        p = self.progress
-        self.add(p.step_finished("tool_calls", USAGE))
-        waiting = p.steps.waiting()
-        assert waiting is not None
-        return self.add(p.wait(*waiting, wait_s=60))
-
-    def turn(self) -> Turn:
-        turn = Turn.fold(self.events)
-        assert turn is not None
-        return turn
-
-    def answer(self, call_id: str, output: Any, *, is_error: bool = False) -> Script:
-        self.events.append(self.turn().answer(call_id, output, is_error=is_error))
-        return self
-
-    def decide(self, call_id: str, *, approved: bool) -> Script:
-        self.events += self.turn().decide(call_id, approved=approved, by="alice", reason="no")
-        return self
-
-    def go_on(self) -> TurnProgress:
-        """The runner that takes the answered turn up."""
-        self.progress = TurnProgress.resume(self.turn())
-        return self.progress
-
-    def finish(self, text: str = "Sunny.") -> Script:
-        p = self.go_on()
-        self.add(p.append_reasoning("Read it."), p.append_text(text))
-        self.add(p.step_finished("stop", USAGE))
-        return self.add(p.finish(finish_reason="stop", usage=USAGE))
 
 
 def groups(script: Script, *, approvals: bool = False) -> list[list[dict[str, Any]]]:
@@ -155,6 +96,7 @@ def test_a_client_tool_turn_is_one_message_in_two_streams() -> None:
     first, done = frames(script, after=0, padding=False)
     assert done
     assert [c["type"] for _, c in first][-3:] == ["tool-input-available", "finish-step", "finish"]
+    (until,) = [e.until for e in script.events if isinstance(e, Turn.Waiting)]
     assert first[-1] == (
         paused_at,
         {
@@ -162,8 +104,11 @@ def test_a_client_tool_turn_is_one_message_in_two_streams() -> None:
             "messageMetadata": {
                 "turn_id": str(script.started.originator_id),
                 "status": "waiting",
-                "reason": "tool_result",
-                "call_ids": ["c1"],
+                "waiting": {
+                    "reason": "tool_result",
+                    "call_ids": ["c1"],
+                    "until": until.isoformat().replace("+00:00", "Z"),
+                },
             },
         },
     )
@@ -181,7 +126,10 @@ def test_a_client_tool_turn_is_one_message_in_two_streams() -> None:
     assert done
     start = rest[0][1]
     assert start["messageId"] == str(script.started.assistant_message_id)  # the same message
-    assert start["messageMetadata"]["status"] == "running"
+    assert (start["messageMetadata"]["status"], start["messageMetadata"]["waiting"]) == (
+        "running",
+        None,
+    )  # what replaces the pause's, as the client merges metadata
     assert rest[1] == (
         answer_seq,
         {"type": "tool-output-available", "toolCallId": "c1", "output": {"sky": "clear"}},
@@ -223,7 +171,7 @@ def test_a_partial_answer_ends_the_stream_with_the_calls_that_still_wait() -> No
     assert [c["type"] for _, c in rest] == ["start", "tool-output-available", "finish"]
     closing_id, closing = rest[-1]
     assert closing_id is None  # no event's seq: a resume after the answer gets the same
-    assert closing["messageMetadata"]["call_ids"] == ["c1"]
+    assert closing["messageMetadata"]["waiting"]["call_ids"] == ["c1"]
     # A stream of the waiting turn from the start ends there too.
     whole, _ = frames(script, after=0, settled=len(script.events), padding=False)
     assert [c["type"] for _, c in whole][-3:] == ["start", "tool-output-available", "finish"]
@@ -271,7 +219,7 @@ def test_approvals_are_chunks_only_for_the_clients_that_know_them() -> None:
     knowing = [c for g in groups(script, approvals=True) for c in g]
     (request,) = [c for c in knowing if c["type"] == "tool-approval-request"]
     assert request == {"type": "tool-approval-request", "approvalId": "s1", "toolCallId": "s1"}
-    assert knowing[-1]["messageMetadata"]["reason"] == "approval"
+    assert knowing[-1]["messageMetadata"]["waiting"]["reason"] == "approval"
 
 
 def test_a_refusal_is_denied_for_clients_that_know_approvals_else_an_error_result() -> None:

@@ -125,8 +125,8 @@ class UiStream:
             "conversation_id": str(started.conversation_id),
             "model": started.model,
         }
-        if running:
-            meta["status"] = "running"
+        if running:  # the client merges metadata: the pause's is replaced
+            meta |= {"status": "running", "waiting": None}
         return {
             "type": "start",
             "messageId": str(started.assistant_message_id),
@@ -154,14 +154,16 @@ class UiStream:
         return out
 
     def pause(self) -> Chunk:
-        """The ``finish`` of a message whose turn waits: for what, and which calls. It
-        ends the message (what comes next starts it again)."""
+        """The ``finish`` of a message whose turn waits: for what, which calls, until
+        when. It ends the message (what comes next starts it again)."""
         assert self.turn is not None
         self.message = False
         meta: dict[str, Any] = {"turn_id": str(self.turn.id), "status": "waiting"}
         waiting = self.turn.waiting
         if waiting is not None:
-            meta |= {"reason": waiting[0], "call_ids": list(waiting[1])}
+            reason, call_ids = waiting
+            until = msgspec.to_builtins(self.turn.waiting_until)
+            meta["waiting"] = {"reason": reason, "call_ids": list(call_ids), "until": until}
         return {"type": "finish", "messageMetadata": meta}
 
     def _end(self, event: TurnEvent) -> list[Chunk]:
