@@ -51,6 +51,21 @@ def start_until_waiting(
     return frames, frames[-1]
 
 
+def follow_until_pause(server: Server, cid: str, tid: str, after: int) -> list[Frame]:
+    """The turn's frames after ``after``, up to its next ``waiting`` or its end."""
+    frames: list[Frame] = []
+    headers = server.headers() | {"Last-Event-ID": str(after)}
+    url = f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        for item in parse_sse(r.iter_lines()):
+            if isinstance(item, Frame):
+                frames.append(item)
+                if item.event in ("waiting", "final", "error"):
+                    break
+    return frames
+
+
 def post_results(
     server: Server, cid: str, tid: str, results: list[dict[str, Any]], user: str = "alice"
 ) -> httpx.Response:
