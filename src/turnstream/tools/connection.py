@@ -76,7 +76,6 @@ class Connection:
         self._retry_max_s = retry_max_s
         self._failures = 0
         self._failed_starts = 0
-        self._attempts = 0
         self._wake = asyncio.Event()
         self._change = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -98,7 +97,7 @@ class Connection:
 
     async def first_attempt(self) -> None:
         """Until the server is up or has failed to start once (what start waits for)."""
-        while self.session is None and self._attempts == 0 and not self._stopped:
+        while self.session is None and self._failed_starts == 0 and not self._stopped:
             await self._change.wait()
 
     async def stop(self) -> None:
@@ -144,42 +143,56 @@ class Connection:
         lost = asyncio.Event()
         try:
             async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport())
-                pumps = await stack.enter_async_context(anyio.create_task_group())
-                stack.callback(pumps.cancel_scope.cancel)
-                inlet, outlet = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-                pumps.start_soon(_pump, read, inlet, lost)
-                session = await stack.enter_async_context(
-                    ClientSession(outlet, write, client_info=CLIENT_INFO)
-                )
-                with anyio.fail_after(self._start_timeout_s):
-                    await session.initialize()
-                    listing = await _list_tools(session)
-                self.tools = self._specs(listing)
+                try:
+                    session = await self._connect(stack, lost)
+                except Exception as exc:
+                    # Said before the teardown, which may take seconds (a server that
+                    # ignores its stdin closing is killed only after a grace period).
+                    self._failed_start(exc)
+                    raise
                 self.session, self._lost, up_at = session, lost, time.monotonic()
                 log.info("MCP server %r is up with %d tools", self.id, len(self.tools))
                 self._changed()
                 await lost.wait()
                 log.warning("MCP server %r stopped; starting it again", self.id)
         except Exception as exc:
-            if up_at is None:
-                self._failures += 1
-                self._failed_starts += 1
-                log.warning(
-                    "MCP server %r did not start (%s); trying again in %.1f s",
-                    self.id,
-                    _reason(exc, self._start_timeout_s),
-                    self._delay(),
-                )
-            else:
+            if up_at is not None:
                 log.warning("MCP server %r failed (%s)", self.id, _reason(exc, None))
         finally:
             self.session, self._lost = None, None
-            self._attempts += 1
             if up_at is not None:
                 healthy = time.monotonic() - up_at >= HEALTHY_S
                 self._failures = 0 if healthy else self._failures + 1
             self._changed()
+
+    async def _connect(
+        self, stack: contextlib.AsyncExitStack, lost: asyncio.Event
+    ) -> ClientSession:
+        """A session that has listed the server's tools, its contexts on ``stack``."""
+        read, write = await stack.enter_async_context(self._transport())
+        pumps = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(pumps.cancel_scope.cancel)
+        inlet, outlet = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        pumps.start_soon(_pump, read, inlet, lost)
+        session = await stack.enter_async_context(
+            ClientSession(outlet, write, client_info=CLIENT_INFO)
+        )
+        with anyio.fail_after(self._start_timeout_s):
+            await session.initialize()
+            listing = await _list_tools(session)
+        self.tools = self._specs(listing)
+        return session
+
+    def _failed_start(self, exc: Exception) -> None:
+        self._failures += 1
+        self._failed_starts += 1
+        log.warning(
+            "MCP server %r did not start (%s); trying again in %.1f s",
+            self.id,
+            _reason(exc, self._start_timeout_s),
+            self._delay(),
+        )
+        self._changed()
 
     def _transport(self) -> Transport:
         config = self.config
