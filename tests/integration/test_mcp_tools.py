@@ -176,6 +176,23 @@ async def test_a_server_that_cannot_start_is_an_error_result_and_start_goes_on(
     assert "s3cret" not in caplog.text
 
 
+async def test_a_server_that_never_answers_delays_start_only_by_the_start_timeout() -> None:
+    # It neither answers nor exits when its stdin closes: it must be killed.
+    sleeper = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    silent = McpServerConfig(id="silent", command=(sys.executable, "-c", sleeper))
+    tools = McpTools({"silent": silent}, ToolSettings(tool_timeout_s=0.5), start_timeout_s=1.0)
+    started = time.monotonic()
+    await tools.start()
+    assert time.monotonic() - started < 6  # not the 4 s it then takes to kill it
+    assert not tools.is_up("silent")
+    outcome = await tools.call("silent", "echo", {"text": "x"})
+    assert outcome.is_error
+    children = psutil.Process().children(recursive=True)
+    await tools.aclose()
+    assert children
+    assert not [child for child in children if child.is_running()]
+
+
 async def test_a_server_that_dies_during_a_call_is_an_error_then_starts_again() -> None:
     async with running(stdio()) as tools:
         [first] = server_processes()
