@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -343,7 +344,7 @@ def _reason(exc: BaseException, start_timeout_s: float | None) -> str:
 
 def _errlog() -> TextIO:
     """Where a stdio server's stderr goes: ours, when it is a real file (the SDK passes
-    it to the child process, which needs a file descriptor)."""
+    it to the child process, which needs a file descriptor), else nowhere."""
     for stream in (sys.stderr, sys.__stderr__):
         try:
             if stream is not None:
@@ -351,4 +352,9 @@ def _errlog() -> TextIO:
                 return stream
         except (OSError, ValueError, AttributeError):
             continue
-    return open(os.devnull, "w")  # lives as long as the process
+    return _devnull()
+
+
+@functools.cache
+def _devnull() -> TextIO:
+    return open(os.devnull, "w")  # one for the process's life
