@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from psycopg import sql
 
 from tests.api.conftest import ServerFactory
 from tests.api.test_turn_stream import new_conversation, resume, stored_events
@@ -49,6 +51,21 @@ def start_until_waiting(
                     break
     assert frames[-1].event == "waiting", [f.event for f in frames]
     return frames, frames[-1]
+
+
+def follow_until_pause(server: Server, cid: str, tid: str, after: int) -> list[Frame]:
+    """The turn's frames after ``after``, up to its next ``waiting`` or its end."""
+    frames: list[Frame] = []
+    headers = server.headers() | {"Last-Event-ID": str(after)}
+    url = f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        for item in parse_sse(r.iter_lines()):
+            if isinstance(item, Frame):
+                frames.append(item)
+                if item.event in ("waiting", "final", "error"):
+                    break
+    return frames
 
 
 def post_results(
@@ -226,3 +243,31 @@ def test_malformed_tools_are_refused_before_anything_is_stored(
     assert r.status_code == 400, r.text
     assert reason in r.json()["detail"]
     assert view(server, cid)["messages"] == []
+
+
+def reserved_tokens(database_url: str, schema: str, turn_id: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        query = sql.SQL(
+            "SELECT reserved_tokens FROM {}.turnstream_events_turns WHERE turn_id = %s"
+        ).format(sql.Identifier(schema))
+        row = conn.execute(query, (turn_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_with_a_quota_each_further_step_holds_its_own_worth(
+    make_server: ServerFactory, database_url: str, db_schema: str
+) -> None:
+    server = make_server(TURNSTREAM_DEMO_TOKENS_PER_S="0", TURNSTREAM_LIMIT_DAILY_TOKENS="100000")
+    cid = new_conversation(server)
+    frames, waiting = start_until_waiting(server, cid, "get_weather in Lima", tools=[WEATHER])
+    tid = frames[0].data["turn_id"]
+    first = reserved_tokens(database_url, db_schema, tid)
+    assert first > 0
+    call_id = waiting.data["call_ids"][0]
+    assert (
+        post_results(server, cid, tid, [{"call_id": call_id, "output": "warm"}]).status_code == 202
+    )
+    assert resume(server, cid, tid, header=waiting.id)[-1].event == "final"
+    # The second step read the whole input again (with the call and its result).
+    assert reserved_tokens(database_url, db_schema, tid) > 2 * first - 50

@@ -7,7 +7,7 @@ drafts a turn produces can be read as the writer would receive them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from tests.support.events import a_started
 from turnstream.domain.progress import (
@@ -19,6 +19,7 @@ from turnstream.domain.progress import (
     TitleDraft,
     TurnProgress,
 )
+from turnstream.domain.tools import ToolSpec
 from turnstream.metrics import Metrics
 from turnstream.providers import Providers
 from turnstream.providers.base import ChatMessage, Chunk, ProviderError, TextDelta
@@ -103,7 +104,9 @@ async def test_a_cancelled_turn_ends_interrupted_keeping_what_it_streamed() -> N
 class Breaking:
     """A provider that streams a little, then fails the way a broken server does."""
 
-    async def stream(self, model: ModelConfig, messages: list[ChatMessage]) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, model: ModelConfig, messages: list[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[Chunk]:
         yield TextDelta("Part")
         raise ProviderError("the model server went away", code="provider_error")
 

@@ -196,6 +196,7 @@ def assemble(
         metrics=metrics,
         tools=settings.tools,
         server_tools=server_tools,
+        reserve_step=limits.reserve_step,
     )
     conversations = Conversations(app=app, gateway=gateway, reads=reads, models=models)
     control = TurnControl(

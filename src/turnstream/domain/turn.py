@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, TypeAlias
 from uuid import UUID
 
 import msgspec
 
+from turnstream.domain import toolevents
 from turnstream.domain.errors import (
     ToolCallAnswered,
     ToolCallNotPending,
@@ -38,8 +39,11 @@ from turnstream.domain.errors import (
     TurnNotWaiting,
     UnknownToolCall,
 )
-from turnstream.domain.events import DomainEvent, utcnow
-from turnstream.domain.tools import Steps, ToolKind, ToolSpec, WaitingFor
+from turnstream.domain.events import utcnow
+from turnstream.domain.tools import Steps, ToolSpec, WaitingFor
+from turnstream.domain.turnevents import TurnEvent, TurnUsage, add_usage
+
+__all__ = ["RUNNER_LOST", "TOOL_TIMEOUT", "Turn", "TurnEvent", "TurnUsage", "add_usage"]
 
 TurnMode = Literal["message", "retry", "edit", "continue"]
 TurnStatus = Literal["running", "completed", "interrupted", "failed"]
@@ -48,31 +52,6 @@ RUNNER_LOST = "runner_lost"
 """The code of a turn ended because the process running it stopped."""
 TOOL_TIMEOUT = "tool_timeout"
 """The code of a turn that waited longer than allowed for tool results or approvals."""
-
-
-class TurnUsage(msgspec.Struct, frozen=True, kw_only=True):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    estimated: bool = False
-
-
-class TurnEvent(DomainEvent, frozen=True, kw_only=True):
-    """An event of a turn; a terminal one ends it."""
-
-    TERMINAL: ClassVar[bool] = False
-    PAUSES: ClassVar[bool] = False
-    """The turn waits after this event, and no process runs it."""
-
-
-def add_usage(a: TurnUsage | None, b: TurnUsage | None) -> TurnUsage | None:
-    """The usage of two steps together (estimated if either was)."""
-    if a is None or b is None:
-        return a or b
-    return TurnUsage(
-        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-        completion_tokens=a.completion_tokens + b.completion_tokens,
-        estimated=a.estimated or b.estimated,
-    )
 
 
 class Turn:
@@ -117,82 +96,15 @@ class Turn:
 
         title: str
 
-    class ToolCallStarted(TurnEvent, frozen=True, kw_only=True):
-        """The model began a tool call."""
-
-        TOPIC = "turnstream.turn.tool_call_started.v1"
-
-        call_id: str
-        name: str
-
-    class ToolArgumentsAppended(TurnEvent, frozen=True, kw_only=True):
-        """A piece of a call's arguments (JSON text), as the model streams them."""
-
-        TOPIC = "turnstream.turn.tool_arguments_appended.v1"
-
-        call_id: str
-        text: str
-
-    class ToolCallReady(TurnEvent, frozen=True, kw_only=True):
-        """A call complete: its arguments parsed (None when they are not a JSON object:
-        an error result follows), and who runs it."""
-
-        TOPIC = "turnstream.turn.tool_call_ready.v1"
-
-        call_id: str
-        name: str
-        arguments: Any
-        kind: ToolKind
-        server: str | None = None
-        """The MCP server of a server tool."""
-
-    class ApprovalRequested(TurnEvent, frozen=True, kw_only=True):
-        TOPIC = "turnstream.turn.approval_requested.v1"
-
-        call_id: str
-        name: str
-
-    class ApprovalDecided(TurnEvent, frozen=True, kw_only=True):
-        TOPIC = "turnstream.turn.approval_decided.v1"
-
-        call_id: str
-        approved: bool
-        by: str
-        """Who decided (the user's id)."""
-        reason: str | None = None
-
-    class ToolResultRecorded(TurnEvent, frozen=True, kw_only=True):
-        TOPIC = "turnstream.turn.tool_result_recorded.v1"
-
-        call_id: str
-        output: Any
-        """Any JSON value; the model reads text as it is and anything else as JSON."""
-        is_error: bool = False
-        by: Literal["client", "server"] = "server"
-
-    class StepFinished(TurnEvent, frozen=True, kw_only=True):
-        """The boundary of a model step: why the model stopped, and what it cost."""
-
-        TOPIC = "turnstream.turn.step_finished.v1"
-
-        step: int
-        finish_reason: str | None = None
-        usage: TurnUsage | None = None
-        text: str = ""
-        """The answer text of this step (the turn's text is every step's, in order)."""
-        reasoning: str = ""
-
-    class Waiting(TurnEvent, frozen=True, kw_only=True):
-        """The turn pauses until these calls have their results or decisions; no process
-        holds it meanwhile, and any node continues it."""
-
-        TOPIC = "turnstream.turn.waiting.v1"
-        PAUSES = True
-
-        reason: WaitingFor
-        call_ids: tuple[str, ...]
-        until: datetime
-        """When it ends with ``tool_timeout`` if still waiting."""
+    # The events of tools (``turnstream.domain.toolevents``), named here like the rest.
+    ToolCallStarted: TypeAlias = toolevents.ToolCallStarted
+    ToolArgumentsAppended: TypeAlias = toolevents.ToolArgumentsAppended
+    ToolCallReady: TypeAlias = toolevents.ToolCallReady
+    ApprovalRequested: TypeAlias = toolevents.ApprovalRequested
+    ApprovalDecided: TypeAlias = toolevents.ApprovalDecided
+    ToolResultRecorded: TypeAlias = toolevents.ToolResultRecorded
+    StepFinished: TypeAlias = toolevents.StepFinished
+    Waiting: TypeAlias = toolevents.Waiting
 
     class Finished(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.finished.v1"

@@ -11,8 +11,7 @@ running here?" and "whose runner died?" are answered without scanning the log.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -37,7 +36,9 @@ from turnstream.store.admission import (
 )
 from turnstream.store.limits import rate_table
 from turnstream.store.repairs import RepairNotes
+from turnstream.store.transactions import explicit_transaction
 from turnstream.store.turnindex import TurnIndexQueries
+from turnstream.store.waiting import WaitingTurns
 
 STORE_OUTAGE: tuple[type[Exception], ...] = (
     psycopg.OperationalError,
@@ -76,22 +77,6 @@ SMALL_BATCH = 128
 ones by COPY, which is faster per event."""
 
 
-@contextlib.contextmanager
-def _explicit_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """Around statements that BEGIN and COMMIT themselves on an autocommit connection:
-    on any failure, roll back what is open (the connection stays usable), and report a
-    unique violation as the library's ``IntegrityError`` naming its constraint."""
-    try:
-        yield
-    except BaseException as exc:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.closed:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("ROLLBACK")
-        if isinstance(exc, psycopg.errors.UniqueViolation):
-            raise IntegrityError(str(exc.diag.constraint_name)) from None
-        raise
-
-
 Pause = tuple[UUID, datetime]
 """A turn a commit pauses, and when its wait runs out."""
 
@@ -104,7 +89,7 @@ def as_row(event: StoredEvent) -> Row:
     return (event.originator_id, event.originator_version, event.topic, event.state)
 
 
-class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecorder):
+class TurnstreamRecorder(TurnIndexQueries, WaitingTurns, RepairNotes, PostgresApplicationRecorder):
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
@@ -242,10 +227,6 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
             .format(ix=self.index_table, ev=self.events_table)
             .as_bytes(None)
         )
-        self._claim_sql = SQL(
-            "UPDATE {} SET waiting = %s, node_id = COALESCE(%s, node_id)"
-            " WHERE turn_id = %s AND waiting AND NOT ended RETURNING turn_id"
-        ).format(self.index_table)
         self.end_turns_sql = SQL(
             "UPDATE {ix} SET ended = true, ended_position = (SELECT max(notification_id)"
             " FROM {ev}) WHERE turn_id = ANY(%s::uuid[])"
@@ -320,7 +301,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         """
         cursors = []
         try:
-            with _explicit_transaction(conn), conn.cursor() as cur, conn.pipeline():
+            with explicit_transaction(conn), conn.cursor() as cur, conn.pipeline():
                 cur.execute(b"BEGIN")
                 cur.execute(self._lock_only_sql)
                 cur.execute(self._notify_sql)
@@ -384,7 +365,7 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
         for the GIL on a busy node as well as for PostgreSQL. ``conn`` must be in
         autocommit mode (transactions are explicit).
         """
-        with _explicit_transaction(conn):
+        with explicit_transaction(conn):
             if len(events) <= SMALL_BATCH:
                 return self._append_pipelined(conn, events, ended, paused, deltas_only)
             with ClientCursor(conn, row_factory=tuple_row) as cur:
@@ -392,45 +373,3 @@ class TurnstreamRecorder(TurnIndexQueries, RepairNotes, PostgresApplicationRecor
                 self.copy_events(cur, events, lock=False, position=False)
                 cur.execute(self._end_sql, (list(ended), *_pauses(paused)))
                 return _last_value(cur)
-
-    def append_to_waiting(
-        self,
-        conn: psycopg.Connection[Any],
-        turn_id: UUID,
-        events: Sequence[Row],
-        *,
-        take: UUID | None = None,
-        end: bool = False,
-    ) -> int | None:
-        """Append events to a turn that waits (no runner holds it), in one transaction:
-        a result or a decision that leaves it waiting; with ``take``, the node that runs
-        it next takes it; with ``end``, its end. The log position of the last event, or
-        None if the turn no longer waits (another node took it up, or it ended).
-
-        A concurrent append of the same version is ``IntegrityError``: read, try again.
-        """
-        still = take is None and not end
-        with _explicit_transaction(conn), ClientCursor(conn, row_factory=tuple_row) as cur:
-            cur.execute(b"BEGIN")
-            cur.execute(self.lock_sql)
-            cur.execute(self._claim_sql, (still, take, turn_id))
-            if cur.fetchone() is None:
-                cur.execute(b"ROLLBACK")
-                return None
-            position = self.copy_events(cur, events, lock=False)
-            if end:
-                cur.execute(self.end_turns_sql, ([turn_id],))
-            cur.execute(b"COMMIT")
-            return position
-
-    def expired_waits(self, limit: int = 100) -> list[UUID]:
-        """Turns that have waited past their ``wait_until``."""
-        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                SQL(
-                    "SELECT turn_id FROM {} WHERE waiting AND NOT ended AND wait_until < now()"
-                    " ORDER BY wait_until LIMIT %s"
-                ).format(self.index_table),
-                (limit,),
-            )
-            return [r[0] for r in cur.fetchall()]

@@ -56,6 +56,17 @@ class TurnIndexQueries:
             row = cur.fetchone()
             return 0 if row is None else int(row[0])
 
+    def add_reserve(self, turn_id: UUID, tokens: int) -> None:
+        """Hold ``tokens`` more of an unended turn against its user's quotas."""
+        with self.datastore.get_connection() as conn:
+            conn.execute(
+                SQL(
+                    "UPDATE {} SET reserved_tokens = reserved_tokens + %s"
+                    " WHERE turn_id = %s AND NOT ended"
+                ).format(self.index_table),
+                (tokens, turn_id),
+            )
+
     def running_turn(self, conversation_id: UUID) -> UUID | None:
         return self._turn_of(conversation_id, SQL(" AND NOT ended"))
 

@@ -8,11 +8,19 @@ and when to try again.
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import date
+from uuid import UUID
 
 from turnstream.domain.callers import Caller
-from turnstream.domain.errors import LimitExceeded, LoginRequired, QuotaExhausted, TooManyTurns
+from turnstream.domain.errors import (
+    LimitExceeded,
+    LoginRequired,
+    QuotaExhausted,
+    ServiceUnavailable,
+    TooManyTurns,
+)
 from turnstream.domain.events import utcnow
 from turnstream.domain.periods import period_bounds, period_starts
 from turnstream.domain.turn import Turn
@@ -21,6 +29,8 @@ from turnstream.store.admission import Admission, Admitted, user_key
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
 from turnstream.store.limits import RateLimiter
+
+log = logging.getLogger(__name__)
 
 RETRY_SOON_S = 5
 """Retry-After when running turns hold a limit: they end within seconds, not a reset."""
@@ -51,6 +61,18 @@ class Limits:
         if model.provider == "demo":
             return self.demo_tokens * 2  # its answer and its reasoning
         return max(0, model.context_window - estimate)
+
+    async def reserve_step(self, turn_id: UUID, model: ModelConfig, estimate: int) -> None:
+        """Hold a further model step's worth of a running turn against the quotas (each
+        step after the first reads the whole input again, and may answer at length).
+        Best effort: a store that is away is logged, and the step goes on."""
+        if not (self.limits.daily_tokens or self.limits.weekly_tokens):
+            return
+        worth = estimate + self.output_worth(model, estimate)
+        try:
+            await self.run(self.app.store.add_reserve, turn_id, worth)
+        except ServiceUnavailable:
+            log.warning("turn %s: its next step's tokens could not be reserved", turn_id)
 
     def admission(
         self, caller: Caller, started: Turn.Started, worth: int, client: str

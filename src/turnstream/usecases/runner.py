@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from uuid import UUID
 
 from turnstream.domain.progress import Draft, TurnProgress
 from turnstream.domain.tools import Call
@@ -34,6 +35,7 @@ from turnstream.providers.base import (
     ToolCallBegun,
     Usage,
     estimate_usage,
+    message_tokens,
 )
 from turnstream.providers.title import heuristic_title, llm_title
 from turnstream.settings import ModelConfig, ToolSettings
@@ -43,6 +45,8 @@ from turnstream.usecases.toolbox import NoServerTools, Offered, ServerTools, ste
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Draft], None]
+ReserveStep = Callable[[UUID, ModelConfig, int], Awaitable[None]]
+"""Holds a further step's worth of tokens of a turn against its user's quotas."""
 
 
 def turn_usage(usage: Usage) -> TurnUsage:
@@ -64,6 +68,7 @@ class TurnRunner:
         metrics: Metrics,
         tools: ToolSettings | None = None,
         server_tools: ServerTools | None = None,
+        reserve_step: ReserveStep | None = None,
     ) -> None:
         self.providers = providers
         self.models = models
@@ -72,6 +77,7 @@ class TurnRunner:
         self.metrics = metrics
         self.tools = tools or ToolSettings()
         self.server_tools = server_tools or NoServerTools()
+        self.reserve_step = reserve_step
 
     def launch(self, turn: RunningTurn) -> None:
         """Register the turn and start its runner task."""
@@ -127,8 +133,11 @@ class TurnRunner:
                         spent = progress.steps_usage or estimate()
                         submit(progress.fail(code="too_many_steps", message=message, usage=spent))
                         return
-                progress.begin_step()
+                number = progress.begin_step()
                 messages = turn.messages + step_messages(steps)
+                if number > 1 and self.reserve_step is not None:
+                    input_tokens = sum(message_tokens(m) for m in messages)
+                    await self.reserve_step(turn.turn_id, turn.model, input_tokens)
                 usage: Usage | None = None
                 finish_reason = "stop"
                 text_before = progress.generated_text
