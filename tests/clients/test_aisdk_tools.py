@@ -7,48 +7,71 @@ transport's ``body``, ``onToolCall`` answers with ``addToolResult`` / ``addToolO
 ``sendAutomaticallyWhen`` re-posts the messages, and the turn goes on: one assistant
 message, one stored turn.
 
-Approvals need a server (MCP) tool, which no server of these tests has yet: the clients
-are checked against a stub that answers with turnstream's own UI stream encoder over a
-turn the domain makes, and reads their re-post with the chat route's own parser.
+Approvals (ai >= 6, opted in with ``X-Turnstream-Tool-Approvals: 1``): a server tool of
+a real MCP server (``tests/support/mcp_server.py``) that needs a person's approval; the
+app answers with ``addToolApprovalResponse`` and ``sendAutomaticallyWhen`` re-posts.
+ai 5.0.0 gets no approval chunk unless it asks (its strict parser refuses them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
+import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from tests.api.test_tools import WEATHER
 from tests.support.aisdk import VERSIONS, ToolChat, run_tools
 from tests.support.inprocess import InProcessServer
 from tests.support.shared_server import served
-from tests.support.toolturns import Script
-from turnstream.domain.turn import TurnEvent
-from turnstream.http.uimessages import UiMessage, answers
-from turnstream.http.uistream import ui_frames
-from turnstream.usecases.tooluse import Approval
 
 pytestmark = [pytest.mark.node, pytest.mark.usefixtures("aisdk_clients")]
 
 ASK = "What does get_weather say for Oslo?"
 OUTPUT = {"sky": "clear-7C"}
 APPROVALS = {"X-Turnstream-Tool-Approvals": "1"}
+FAST = {"TURNSTREAM_DEMO_TOKENS": "12", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"}
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
 def fast(
     database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessServer]:
-    env = {"TURNSTREAM_DEMO_TOKENS": "12", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"}
-    with served(database_url, nats_url, tmp_path_factory.mktemp("tools"), **env) as server:
+    with served(database_url, nats_url, tmp_path_factory.mktemp("tools"), **FAST) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mcp(
+    database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessServer]:
+    """The demo model with the test MCP server's tools; ``weather`` needs approval."""
+    folder = tmp_path_factory.mktemp("mcp")
+    command = json.dumps([sys.executable, "-m", "tests.support.mcp_server"])
+    models = folder / "models.toml"
+    models.write_text(
+        f"""
+[[mcp_servers]]
+id = "tools"
+command = {command}
+env = {{ PYTHONPATH = {json.dumps(str(ROOT))} }}
+approval = ["weather"]
+
+[[models]]
+id = "demo"
+provider = "demo"
+default = true
+mcp_servers = ["tools"]
+"""
+    )
+    env = FAST | {"TURNSTREAM_MODELS": str(models)}
+    with served(database_url, nats_url, folder, **env) as server:
         yield server
 
 
@@ -134,112 +157,58 @@ def test_a_client_tool_is_run_by_the_app_and_the_same_turn_answers_with_its_resu
     assert "clear-7C" in view["messages"][-1]["content"]
 
 
-# Approvals, against a stub that speaks through turnstream's own encoder and parser.
-
-
-class Stub(ThreadingHTTPServer):
-    script: Script
-    posts: list[tuple[bool, Any]]
-    decided: list[Approval]
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Stub
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
-        approvals = self.headers.get("x-turnstream-tool-approvals") == "1"
-        self.server.posts.append((approvals, body))
-        script = self.server.script
-        message = msgspec.convert(body["messages"][-1], UiMessage)
-        after = settled = 0
-        if message.calls_tools:  # as the chat route takes the answers
-            turn = script.turn()
-            pending = {c.call_id: w for c in turn.steps.last_calls if (w := c.waits_for)}
-            found = answers(message, pending)
-            self.server.decided += found.approvals
-            after = script.paused_at
-            for approval in found.approvals:
-                script.decide(approval.call_id, approved=approval.approved, reason=approval.reason)
-            settled = len(script.events)
-            if all(a.approved for a in found.approvals):
-                script.add(script.go_on().result("s1", {"deleted": "a.txt"}, is_error=False))
-            script.finish("Done.")
-        frames = asyncio.run(read(script.events, after=after, settled=settled, approvals=approvals))
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("x-vercel-ai-ui-message-stream", "v1")
-        self.end_headers()
-        self.wfile.write(frames)
-        self.close_connection = True
-
-
-async def read(events: list[TurnEvent], **options: Any) -> bytes:
-    async def each() -> AsyncIterator[TurnEvent]:
-        for event in list(events):
-            yield event
-
-    return b"".join([f async for f in ui_frames(each(), padding=True, **options)])
-
-
-@pytest.fixture
-def stub() -> Iterator[Stub]:
-    """A turn that called a server tool which needs a person's approval, and waits."""
-    server = Stub(("127.0.0.1", 0), Handler)
-    script = Script(tools=())
-    script.call("s1", "delete_file", '{"path": "a.txt"}', kind="server")
-    server.script = script.add(script.progress.approval_requested("s1")).pause()
-    server.posts, server.decided = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def on_stub(stub: Stub, version: str, **spec: Any) -> ToolChat:
-    host, port = stub.server_address[:2]
-    return run_tools(
-        version, "approval", base=f"http://{host!s}:{port}", token="t", chat_id="c", **spec
-    )
-
-
 @pytest.mark.parametrize("version", ["ai6", "ai7"])
 @pytest.mark.parametrize("approve", [True, False])
-def test_a_person_decides_with_addToolApprovalResponse_and_the_turn_goes_on(
-    stub: Stub, version: str, approve: bool
+def test_a_server_tool_waits_for_addToolApprovalResponse_and_the_turn_goes_on(
+    mcp: InProcessServer, version: str, approve: bool
 ) -> None:
-    chat = on_stub(
-        stub, version, text="Delete a.txt", approve=approve, reason="ok?", headers=APPROVALS
+    chat = run_tools(
+        version,
+        "approval",
+        base=mcp.base_url,
+        token=mcp.token("acme", "alice"),
+        chat_id=chat_id(),
+        text="Ask the weather tool about Oslo",
+        approve=approve,
+        reason="fine" if approve else "not now",
+        headers=APPROVALS,
     )
     assert_clean(chat, requests=2)
     asked, decided = chat.exchanges
-    assert "tool-approval-request" in asked.types
-    assert [approvals for approvals, _ in stub.posts] == [True, True]
-    assert stub.decided == [Approval(call_id="s1", approved=approve, reason="ok?")]
-    assert decided.chunks[0]["messageId"] == asked.chunks[0]["messageId"]
+    request = next(c for c in asked.chunks if c["type"] == "tool-approval-request")
+    assert asked.chunks[-1]["messageMetadata"]["waiting"]["reason"] == "approval"
+    (part,) = tool_parts(decided.body["messages"][-1])
+    assert part["state"] == "approval-responded"
+    assert part["approval"]["id"] == request["approvalId"]
 
     _, answer = chat.messages
     (part,) = tool_parts(answer)
-    assert part["type"] == "dynamic-tool"  # shown, never run by the client
-    assert part["state"] == ("output-available" if approve else "output-denied")
+    assert (part["type"], part["toolName"], part["providerExecuted"]) == (
+        "dynamic-tool",
+        "weather",
+        True,
+    )  # shown, never run by the client
+    text = "".join(p["text"] for p in answer["parts"] if p["type"] == "text")
     if approve:
-        assert part["output"] == {"deleted": "a.txt"}
-    assert part["approval"]["approved"] is approve
-    assert [p["text"] for p in answer["parts"] if p["type"] == "text"] == ["Done."]
+        assert part["state"] == "output-available"
+        assert "°C, clear" in part["output"]  # the MCP server's answer
+        assert part["output"] in text
+    else:
+        assert part["state"] == "output-denied"
+        assert "not now" in text  # the model was told why
     assert answer["metadata"]["status"] == "completed"
+    assert decided.chunks[0]["messageMetadata"]["turn_id"] == answer["metadata"]["turn_id"]
 
 
-def test_ai5_is_sent_no_approval_chunks_unless_it_says_it_knows_them(stub: Stub) -> None:
-    plain = on_stub(stub, "ai5", text="Delete a.txt")
+def test_ai5_is_sent_no_approval_chunks_unless_it_says_it_knows_them(mcp: InProcessServer) -> None:
+    spec: dict[str, Any] = {"base": mcp.base_url, "token": mcp.token("acme", "alice")}
+    spec["text"] = "Ask the weather tool about Oslo"
+    plain = run_tools("ai5", "approval", chat_id=chat_id(), **spec)
     assert_clean(plain, requests=1)  # it shows the call, waiting; the app decides by REST
     (part,) = tool_parts(plain.last)
     assert (part["type"], part["state"]) == ("dynamic-tool", "input-available")
     assert plain.last["metadata"]["waiting"]["reason"] == "approval"
     # Why the opt-in: 5.0.0's strict parser refuses the chunk.
-    told = on_stub(stub, "ai5", text="Delete a.txt", headers=APPROVALS)
+    told = run_tools("ai5", "approval", chat_id=chat_id(), headers=APPROVALS, **spec)
     assert told.error is not None
     assert "tool-approval-request" in told.error
