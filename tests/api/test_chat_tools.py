@@ -129,6 +129,8 @@ def test_a_post_that_answers_nothing_is_409_and_never_a_second_turn(
     assert other.status_code == 409
     assert other.json()["code"] == "turn_not_waiting"
     assert stored_events(database_url, db_schema, tid) == before
+    schema = httpx.get(f"{server.base_url}/schema/openapi.json").json()
+    assert "409" in schema["paths"]["/v1/chat"]["post"]["responses"]  # as the document says
 
     # An error result is an answer too.
     failed = answered(message_id, call_id, state="output-error", errorText="no network")

@@ -261,6 +261,7 @@ _EXTRA_PROBLEMS: dict[tuple[str, str], set[int]] = {
     ("get", "/readyz"): {503},
     ("get", "/metrics"): {401, 503},  # 401: with TURNSTREAM_METRICS_TOKEN set
     ("post", "/v1/conversations/{cid}/turns"): {409, 410, 413, 422, 429},
+    ("post", "/v1/chat"): {409, 410, 413, 422, 429},  # a turn's start, or the answers to one
     ("post", "/v1/guest"): {404, 429},
 }
 
