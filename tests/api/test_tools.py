@@ -30,42 +30,37 @@ WEATHER = {
 }
 
 
+def until_pause(response: httpx.Response) -> list[Frame]:
+    """A turn stream's frames up to its next ``waiting`` or its end (then hang up: the
+    turn does not need a reader)."""
+    assert response.status_code == 200, response.read()
+    frames: list[Frame] = []
+    for item in parse_sse(response.iter_lines()):
+        if isinstance(item, Frame):
+            frames.append(item)
+            if item.event in ("waiting", "final", "error"):
+                break
+    return frames
+
+
 def start_until_waiting(
     server: Server, cid: str, content: str, **body: Any
 ) -> tuple[list[Frame], Frame]:
-    """Start a turn and read its stream up to its ``waiting`` frame (then hang up: the
-    turn does not need a reader)."""
-    frames: list[Frame] = []
-    with httpx.stream(
-        "POST",
-        f"{server.base_url}/v1/conversations/{cid}/turns",
-        json={"content": content, **body},
-        headers=server.headers(),
-        timeout=60,
-    ) as r:
-        assert r.status_code == 200, r.read()
-        for item in parse_sse(r.iter_lines()):
-            if isinstance(item, Frame):
-                frames.append(item)
-                if item.event in ("waiting", "final", "error"):
-                    break
+    """Start a turn and read its stream up to its ``waiting`` frame."""
+    url = f"{server.base_url}/v1/conversations/{cid}/turns"
+    json_body = {"content": content, **body}
+    with httpx.stream("POST", url, json=json_body, headers=server.headers(), timeout=60) as r:
+        frames = until_pause(r)
     assert frames[-1].event == "waiting", [f.event for f in frames]
     return frames, frames[-1]
 
 
 def follow_until_pause(server: Server, cid: str, tid: str, after: int) -> list[Frame]:
     """The turn's frames after ``after``, up to its next ``waiting`` or its end."""
-    frames: list[Frame] = []
     headers = server.headers() | {"Last-Event-ID": str(after)}
     url = f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/events"
     with httpx.stream("GET", url, headers=headers, timeout=60) as r:
-        assert r.status_code == 200, r.read()
-        for item in parse_sse(r.iter_lines()):
-            if isinstance(item, Frame):
-                frames.append(item)
-                if item.event in ("waiting", "final", "error"):
-                    break
-    return frames
+        return until_pause(r)
 
 
 def post_results(

@@ -3,7 +3,6 @@ by exactly one node, ended when they wait too long."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from uuid import UUID, uuid4
 
@@ -11,23 +10,14 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from tests.integration.test_writer import Collector, start
-from turnstream.bootstrap import build_application
+from tests.integration.test_writer import app as app  # the fixture
 from turnstream.domain.events import utcnow
 from turnstream.domain.progress import TurnProgress
 from turnstream.domain.turn import TOOL_TIMEOUT, Turn, TurnUsage
-from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.lease import node_lock_key
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.tooluse import end_expired_waits, end_waiting
-
-
-@pytest.fixture
-def app(database_url: str, db_schema: str) -> Iterator[TurnstreamApplication]:
-    settings = Settings.from_env({}, database_url=database_url, database_schema=db_schema)
-    application = build_application(settings, database_url)
-    yield application
-    application.close()
 
 
 def pause(app: TurnstreamApplication, node: UUID, wait_s: float = 3600) -> UUID:

@@ -38,6 +38,11 @@ def start_logging(settings: Settings) -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactTickets) for f in access.filters):
         access.addFilter(RedactTickets())
+    # The HTTP clients (the model providers', the MCP SDK's) log every request at INFO:
+    # one line per token stream and tool call would drown the service's own log.
+    for chatty in ("httpx", "httpx2", "mcp"):
+        if logging.getLogger(chatty).level == logging.NOTSET:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     for name, closest in unknown_variables(os.environ):
         hint = f"; did you mean {closest}?" if closest else ""
         log.warning("%s is not a setting of turnstream and is ignored%s", name, hint)

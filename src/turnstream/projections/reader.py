@@ -21,6 +21,7 @@ from psycopg.sql import SQL, Composable, Identifier
 
 from turnstream.projections.base import channel
 from turnstream.projections.registry import PROJECTIONS
+from turnstream.projections.tree_steps import with_parts
 from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,24 @@ class Reader:
                 view("tree_messages")
             )
         )
+        # The step and call rows of a conversation (or of one of its messages), in log
+        # order: one query for all its messages' parts.
+        parts = SQL(
+            "SELECT message_id, turn_id, position, step, NULL::text AS call_id, text, reasoning,"
+            " NULL::text AS name, NULL::jsonb AS arguments, NULL::text AS kind,"
+            " NULL::text AS server, NULL::text AS approval_state, NULL::text AS approval_by,"
+            " NULL::text AS approval_reason, NULL::jsonb AS output, NULL::boolean AS is_error"
+            " FROM {steps} WHERE conversation_id = %s{only}"
+            " UNION ALL SELECT message_id, turn_id, position, step, call_id, NULL, NULL, name,"
+            " arguments, kind, server, approval_state, approval_by, approval_reason, output,"
+            " is_error FROM {calls} WHERE conversation_id = %s{only}"
+            " ORDER BY position, step"
+        )
+        steps, calls = view("tree_steps"), view("tree_tool_calls")
+        self._parts = render(parts.format(steps=steps, calls=calls, only=SQL("")))
+        self._message_parts = render(
+            parts.format(steps=steps, calls=calls, only=SQL(" AND message_id = %s"))
+        )
         columns = SQL(
             "SELECT id, title, model, created_at, updated_at, message_count, active_turn_id FROM {}"
         ).format(view("conversation_list"))
@@ -129,13 +148,15 @@ class Reader:
         self, conversation_id: UUID, *, pending: bool = True
     ) -> tuple[int | None, dict[str, Any] | None, list[dict[str, Any]]]:
         """A conversation's tree in one round trip: (with ``pending``, what the tree view
-        still lacks of it, as :meth:`pending`; its row, or None; its messages). A
-        turn's start reads this: a round trip on a busy node also waits for the GIL."""
+        still lacks of it, as :meth:`pending`; its row, or None; its messages, each with
+        its ``parts``). A turn's start reads this: a round trip on a busy node also
+        waits for the GIL."""
         with (
             self.app.store.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row) as lag,
             conn.cursor(row_factory=dict_row) as rows,
             conn.cursor(row_factory=dict_row) as messages,
+            conn.cursor(row_factory=dict_row) as parts,
         ):
             with conn.pipeline():
                 if pending:
@@ -143,22 +164,40 @@ class Reader:
                     lag.execute(self._pending_of["tree"], params)
                 rows.execute(self._conversation, (conversation_id,))
                 messages.execute(self._messages, (conversation_id,))
+                parts.execute(self._parts, (conversation_id, conversation_id))
             behind = None
             if pending:
                 row = lag.fetchone()
                 assert row is not None
                 behind = None if row[1] is None else int(row[1])
-            return behind, rows.fetchone(), messages.fetchall()
+            return behind, rows.fetchone(), with_parts(messages.fetchall(), parts.fetchall())
+
+    def _with_parts(
+        self, query: bytes, params: tuple[Any, ...], parts: bytes, parts_params: tuple[Any, ...]
+    ) -> list[dict[str, Any]]:
+        """Messages and their parts' rows, in one round trip."""
+        with (
+            self.app.store.datastore.get_connection() as conn,
+            conn.cursor(row_factory=dict_row) as messages,
+            conn.cursor(row_factory=dict_row) as rows,
+        ):
+            with conn.pipeline():
+                messages.execute(query, params)
+                rows.execute(parts, parts_params)
+            return with_parts(messages.fetchall(), rows.fetchall())
 
     def conversation(self, conversation_id: UUID) -> dict[str, Any] | None:
         rows = self._rows(self._conversation, (conversation_id,))
         return rows[0] if rows else None
 
     def messages(self, conversation_id: UUID) -> list[dict[str, Any]]:
-        return self._rows(self._messages, (conversation_id,))
+        """A conversation's messages in order, each with its ``parts``."""
+        cid = conversation_id
+        return self._with_parts(self._messages, (cid,), self._parts, (cid, cid))
 
     def message(self, conversation_id: UUID, message_id: UUID) -> dict[str, Any] | None:
-        rows = self._rows(self._message, (message_id, conversation_id))
+        cid, mid = conversation_id, message_id
+        rows = self._with_parts(self._message, (mid, cid), self._message_parts, (cid, mid) * 2)
         return rows[0] if rows else None
 
     def conversations(

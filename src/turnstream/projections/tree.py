@@ -5,16 +5,23 @@ Messages are written when their turn starts (the user message complete, the answ
 so tokens never touch this view; live text comes from the turn's stream. A message's
 ``ordinal`` is its turn's log position (doubled, the answer after the question), so the
 flat list is in creation order, the same in every rebuild.
+
+A turn that calls tools also writes its steps and calls as they end (``tree_steps``),
+which make its answer's parts; its answer is ``waiting`` while the turn pauses.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import msgspec
+
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent
 from turnstream.domain.turn import Turn
+from turnstream.projections import tree_steps
 from turnstream.projections.base import BatchProjection, Op
+from turnstream.projections.tree_steps import STEP_TOPICS, jsonb, step_changes
 
 CONVERSATION_TOPICS = (
     Conversation.Created.TOPIC,
@@ -23,18 +30,19 @@ CONVERSATION_TOPICS = (
     Conversation.Claimed.TOPIC,
 )
 TURN_TOPICS = (Turn.Started.TOPIC, Turn.Titled.TOPIC, Turn.Finished.TOPIC, Turn.Failed.TOPIC)
+"""The turn events of a turn's start and end (the conversation list reads these too)."""
 
 
 class MessageTree(BatchProjection):
     name = "tree"
-    topics = CONVERSATION_TOPICS + TURN_TOPICS
+    topics = CONVERSATION_TOPICS + TURN_TOPICS + STEP_TOPICS
     tables: ClassVar[dict[str, str]] = {
         "tree_conversations": (
             "id uuid PRIMARY KEY, tenant text NOT NULL, owner text NOT NULL,"
             " model text NOT NULL, title text, system_prompt text,"
             " created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,"
             " deleted boolean NOT NULL DEFAULT false,"
-            " current_leaf_id uuid, active_turn_id uuid"
+            " current_leaf_id uuid, active_turn_id uuid, tools jsonb"
         ),
         "tree_messages": (
             "id uuid PRIMARY KEY, conversation_id uuid NOT NULL, ordinal bigint NOT NULL,"
@@ -44,14 +52,24 @@ class MessageTree(BatchProjection):
             " prompt_tokens integer, completion_tokens integer, estimated boolean,"
             " finish_reason text, error_code text, client_id text"
         ),
+        **tree_steps.TABLES,
     }
     indexes = (
         ("tree_conversations", "active_turn_id"),
         ("tree_messages", "conversation_id, ordinal"),
         ("tree_messages", "turn_id"),
+        *tree_steps.INDEXES,
     )
-    reads = ("tree_conversations", "tree_messages")
-    added = (("tree_messages", "client_id text"),)
+    reads = ("tree_conversations", "tree_messages", *tree_steps.TABLES)
+    added = (("tree_messages", "client_id text"), ("tree_conversations", "tools jsonb"))
+    """A generation made before gets ``tools`` where it is, and with it (``CREATE TABLE
+    IF NOT EXISTS``) the steps' tables: empty until a rebuild fills them."""
+
+    def storable_changes(self, event: DomainEvent, position: int) -> tuple[list[Op], bool]:
+        """Also the JSON values (tools, a call's arguments and output) made storable."""
+        ops, repaired = super().storable_changes(event, position)
+        ops, json_repaired = tree_steps.storable_json(ops)
+        return ops, repaired or json_repaired
 
     def changes(self, event: DomainEvent, position: int) -> list[Op]:
         if isinstance(event, Turn.Started):
@@ -143,6 +161,7 @@ class MessageTree(BatchProjection):
                 status, finish_reason, error_code = "failed", None, event.code
             usage = event.usage
             return [
+                tree_steps.tail(self.q, event, position),
                 (
                     self.q(
                         "UPDATE {tree_messages} SET content = %s, reasoning = CASE WHEN %s = '' "
@@ -176,8 +195,8 @@ class MessageTree(BatchProjection):
                 (
                     self.q(
                         "INSERT INTO {tree_conversations} (id, tenant, owner, model, title, "
-                        "system_prompt, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, "
-                        "%s, %s)"
+                        "system_prompt, created_at, updated_at, tools) VALUES (%s, %s, %s, %s, %s, "
+                        "%s, %s, %s, %s)"
                     ),
                     (
                         event.originator_id,
@@ -188,6 +207,7 @@ class MessageTree(BatchProjection):
                         event.system_prompt,
                         event.timestamp,
                         event.timestamp,
+                        jsonb(msgspec.to_builtins(event.tools)) if event.tools else None,
                     ),
                 )
             ]
@@ -221,5 +241,6 @@ class MessageTree(BatchProjection):
                     self.q("DELETE FROM {tree_messages} WHERE conversation_id = %s"),
                     (event.originator_id,),
                 ),
+                *tree_steps.deleted(self.q, event.originator_id),
             ]
-        return []
+        return step_changes(self.q, event, position)

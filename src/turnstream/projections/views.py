@@ -14,8 +14,10 @@ from turnstream.domain.conversation import Conversation
 from turnstream.domain.errors import Invalid
 from turnstream.domain.turn import TurnUsage
 from turnstream.projections.reader import ListCursor
+from turnstream.projections.tree_steps import text_parts
 
-MessageStatus = Literal["complete", "streaming", "interrupted", "failed"]
+MessageStatus = Literal["complete", "streaming", "waiting", "interrupted", "failed"]
+"""``waiting``: the answer's turn pauses for tool results or approvals."""
 
 
 class MessageView(msgspec.Struct, kw_only=True):
@@ -32,6 +34,10 @@ class MessageView(msgspec.Struct, kw_only=True):
     usage: TurnUsage | None = None
     client_id: str | None = None
     """The client's own id of a user message (a chat client's), beside ours."""
+    parts: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    """The message in order: ``reasoning`` and ``text`` parts (``{"type", "text"}``),
+    and for a turn that called tools, per step its reasoning, text and ``tool_call``
+    parts (see ``projections.tree_steps``). A running answer has its finished steps'."""
 
 
 class Waiting(msgspec.Struct, kw_only=True):
@@ -60,6 +66,8 @@ class ConversationView(ConversationSummary, kw_only=True):
     messages: list[MessageView]
     current_leaf_id: UUID | None
     active_turn: ActiveTurn | None
+    tools: list[dict[str, Any]] | None = None
+    """The client tools its turns offer unless they bring their own (OpenAI format)."""
 
 
 class ConversationItem(msgspec.Struct, kw_only=True):
@@ -110,6 +118,7 @@ def message_views(rows: list[dict[str, Any]]) -> list[MessageView]:
                 estimated=bool(r["estimated"]),
             ),
             client_id=r.get("client_id"),
+            parts=r["parts"] if "parts" in r else text_parts(r["reasoning"], r["content"]),
         )
         for r in rows
     ]
@@ -134,6 +143,7 @@ def conversation_view(
         messages=message_views(rows),
         current_leaf_id=row["current_leaf_id"],
         active_turn=active,
+        tools=row.get("tools"),
     )
 
 
