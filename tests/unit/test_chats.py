@@ -48,8 +48,12 @@ def test_a_known_client_id_with_the_same_text_asks_again() -> None:
     assert (request.mode, request.message_id, request.client_message_id) == ("retry", AGAIN, None)
 
 
+# Named ids: the values are uuid7s made at import, and parallel workers (pytest-xdist)
+# must each collect the same test names.
 @pytest.mark.parametrize(
-    ("message_id", "target"), [(None, AGAIN), (str(HELLO), HELLO), (str(AGAIN), AGAIN)]
+    ("message_id", "target"),
+    [(None, AGAIN), (str(HELLO), HELLO), (str(AGAIN), AGAIN)],
+    ids=["leaf", "hello", "again"],
 )
 def test_regenerate_retries_the_named_answer_or_the_leaf(
     message_id: str | None, target: UUID
@@ -59,7 +63,9 @@ def test_regenerate_retries_the_named_answer_or_the_leaf(
     assert (request.mode, request.message_id) == ("retry", target)
 
 
-@pytest.mark.parametrize("message_id", [str(HI), "nope", str(uuid7())])
+@pytest.mark.parametrize(
+    "message_id", [str(HI), "nope", str(uuid7())], ids=["question", "nope", "unknown"]
+)
 def test_regenerating_what_is_no_answer_of_the_chat_is_refused(message_id: str) -> None:
     with pytest.raises(Invalid, match="no answer"):
         chat_request(ChatTurn(trigger="regenerate-message", message_id=message_id), tree(), AGAIN)
