@@ -4,8 +4,6 @@ times out as an error result and a huge one is cut to the bound."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,25 +14,18 @@ from tests.api.test_tools import follow_until_pause, start_until_waiting, view
 from tests.api.test_turn_stream import new_conversation, resume, run_turn
 from tests.support.fake_openai import FakeOpenAI, Script, ToolCallScript
 from tests.support.fake_openai import fake_openai as fake_openai  # the fixture
+from tests.support.mcp_server import models_entry
 from tests.support.server import Server
-
-ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture
 def mcp_models(fake_openai: FakeOpenAI, tmp_path: Path) -> Path:
     """A models file: the test MCP server (stdio; ``echo`` needs approval) for a model
     the fake OpenAI server answers for."""
-    command = json.dumps([sys.executable, "-m", "tests.support.mcp_server"])
     models = tmp_path / "models.toml"
     models.write_text(
-        f"""
-[[mcp_servers]]
-id = "files"
-command = {command}
-env = {{ PYTHONPATH = {json.dumps(str(ROOT))} }}
-approval = ["echo"]
-
+        models_entry("files", ["echo"])
+        + f"""
 [[models]]
 id = "local"
 provider = "openai"

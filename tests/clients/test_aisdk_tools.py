@@ -15,11 +15,8 @@ ai 5.0.0 gets no approval chunk unless it asks (its strict parser refuses them).
 
 from __future__ import annotations
 
-import json
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +25,7 @@ import pytest
 from tests.api.test_tools import WEATHER
 from tests.support.aisdk import VERSIONS, ToolChat, run_tools
 from tests.support.inprocess import InProcessServer
+from tests.support.mcp_server import models_entry
 from tests.support.shared_server import served
 
 pytestmark = [pytest.mark.node, pytest.mark.usefixtures("aisdk_clients")]
@@ -36,7 +34,6 @@ ASK = "What does get_weather say for Oslo?"
 OUTPUT = {"sky": "clear-7C"}
 APPROVALS = {"X-Turnstream-Tool-Approvals": "1"}
 FAST = {"TURNSTREAM_DEMO_TOKENS": "12", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"}
-ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +50,10 @@ def mcp(
 ) -> Iterator[InProcessServer]:
     """The demo model with the test MCP server's tools; ``weather`` needs approval."""
     folder = tmp_path_factory.mktemp("mcp")
-    command = json.dumps([sys.executable, "-m", "tests.support.mcp_server"])
     models = folder / "models.toml"
     models.write_text(
-        f"""
-[[mcp_servers]]
-id = "tools"
-command = {command}
-env = {{ PYTHONPATH = {json.dumps(str(ROOT))} }}
-approval = ["weather"]
-
+        models_entry("tools", ["weather"])
+        + """
 [[models]]
 id = "demo"
 provider = "demo"

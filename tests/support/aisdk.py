@@ -66,6 +66,24 @@ def uimessage(text: str, id: str | None = None) -> dict[str, Any]:
     }
 
 
+def run_script(
+    script: str, payload: dict[str, Any], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run one of the client scripts on the wheel's Node with ``payload`` on its stdin;
+    it must exit 0 (its stderr says why not)."""
+    done = subprocess.run(
+        [str(NODE), str(CLIENTS / script)],
+        input=json.dumps(payload),
+        cwd=CLIENTS,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr}"
+    return done
+
+
 def run_chat(
     version: str,
     action: Action,
@@ -88,16 +106,7 @@ def run_chat(
         "token": token,
         "chatId": chat_id,
     } | spec
-    done = subprocess.run(
-        [str(NODE), str(CLIENTS / "chat.mjs")],
-        input=json.dumps(payload),
-        cwd=CLIENTS,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, f"chat.mjs exited {done.returncode}:\n{done.stderr}"
+    done = run_script("chat.mjs", payload, timeout)
     result = ChatResult(stderr=done.stderr)
     for line in done.stdout.splitlines():
         item = json.loads(line)
@@ -176,16 +185,7 @@ def run_tools(
     assert version in VERSIONS, version
     payload = {"version": version, "action": action, "base": base, "token": token}
     payload |= {"chatId": chat_id} | spec
-    done = subprocess.run(
-        [str(NODE), str(CLIENTS / "tools.mjs")],
-        input=json.dumps(payload),
-        cwd=CLIENTS,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, f"tools.mjs exited {done.returncode}:\n{done.stderr}"
+    done = run_script("tools.mjs", payload, timeout)
     result = ToolChat(stderr=done.stderr)
     waiting: list[Exchange] = []
     for line in done.stdout.splitlines():

@@ -17,6 +17,7 @@ image, and the server dying during a call (the restart).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
@@ -29,6 +30,17 @@ PICTURE = bytes(range(256)) * 4 + b"png"
 """1027 bytes of "image" (only its size and type reach the model)."""
 
 server = MCPServer("turnstream-test-tools", log_level="WARNING")
+
+
+def models_entry(server_id: str, approval: list[str]) -> str:
+    """The models file's ``[[mcp_servers]]`` entry that runs this server over stdio,
+    from the repository root (what the tests' services are given)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    command = json.dumps([sys.executable, "-m", "tests.support.mcp_server"])
+    return (
+        f'[[mcp_servers]]\nid = "{server_id}"\ncommand = {command}\n'
+        f"env = {{ PYTHONPATH = {json.dumps(root)} }}\napproval = {json.dumps(approval)}\n"
+    )
 
 
 @server.tool()
