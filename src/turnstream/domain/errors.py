@@ -64,6 +64,13 @@ class MessageNotFound(NotFound):
         super().__init__(f"No message {message_id} in this conversation.")
 
 
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+    def __init__(self, file_id: object) -> None:
+        super().__init__(f"No file {file_id}.")
+
+
 class Conflict(TurnstreamError):
     code = "conflict"
 
@@ -115,6 +122,35 @@ class ModelUnavailable(TurnstreamError):
 
 class PayloadTooLarge(TurnstreamError):
     code = "payload_too_large"
+
+
+class FileTooLarge(PayloadTooLarge):
+    code = "file_too_large"
+
+
+class ImageTooLarge(PayloadTooLarge):
+    """An image whose pixels are more than allowed (a decompression bomb, or just huge)."""
+
+    code = "image_too_large"
+
+
+class TooManyAttachments(Invalid):
+    code = "too_many_attachments"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"A message has at most {limit} attachments.", max_files=limit)
+
+
+class UnsupportedMediaType(TurnstreamError):
+    """A file whose content is none of the allowed types (whatever its name says)."""
+
+    code = "unsupported_media_type"
+
+
+class UnsupportedAttachment(TurnstreamError):
+    """An attachment the turn's model cannot take (an image for a model without vision)."""
+
+    code = "unsupported_attachment"
 
 
 class InputTooLong(TurnstreamError):

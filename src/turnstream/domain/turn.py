@@ -40,6 +40,7 @@ from turnstream.domain.errors import (
     UnknownToolCall,
 )
 from turnstream.domain.events import utcnow
+from turnstream.domain.files import FileRef
 from turnstream.domain.tools import Steps, ToolSpec, WaitingFor
 from turnstream.domain.turnevents import TurnEvent, TurnUsage, add_usage
 
@@ -80,6 +81,8 @@ class Turn:
         """The client's own id of the user message (a chat client's, e.g. the AI SDK's)."""
         tools: tuple[ToolSpec, ...] = ()
         """The client tools offered in this turn (the turn's, else its conversation's)."""
+        attachments: tuple[FileRef, ...] = ()
+        """The files attached to the user message (``message`` and ``edit``)."""
 
     class ReasoningAppended(TurnEvent, frozen=True, kw_only=True):
         TOPIC = "turnstream.turn.reasoning_appended.v1"
@@ -243,6 +246,7 @@ class Turn:
         reasoning_prefix: str = "",
         client_message_id: str | None = None,
         tools: tuple[ToolSpec, ...] = (),
+        attachments: tuple[FileRef, ...] = (),
         at: datetime | None = None,
     ) -> Turn.Started:
         """A new turn: its first event. A mode that adds a user message has its id."""
@@ -268,6 +272,7 @@ class Turn:
             reasoning_prefix=reasoning_prefix,
             client_message_id=client_message_id if user_message_id is not None else None,
             tools=tools,
+            attachments=attachments if user_message_id is not None else (),
         )
 
     def lose_runner(self, at: datetime | None = None) -> Turn.Failed:

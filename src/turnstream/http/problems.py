@@ -26,6 +26,9 @@ from turnstream.domain.errors import (
     ConversationFull,
     ConversationNotFound,
     InputTooLong,
+    FileNotFound,
+    FileTooLarge,
+    ImageTooLarge,
     Invalid,
     LimitExceeded,
     LoginRequired,
@@ -37,6 +40,7 @@ from turnstream.domain.errors import (
     ServiceUnavailable,
     ToolCallAnswered,
     ToolCallNotPending,
+    TooManyAttachments,
     TooManyTurns,
     TurnInProgress,
     TurnNotFound,
@@ -45,6 +49,8 @@ from turnstream.domain.errors import (
     Unauthorized,
     UnknownModel,
     UnknownToolCall,
+    UnsupportedAttachment,
+    UnsupportedMediaType,
 )
 from turnstream.store.recorder import STORE_OUTAGE
 
@@ -78,6 +84,14 @@ ERRORS: dict[type[TurnstreamError], Answer] = {
     ),
     TurnNotFound: Answer(404, "Turn not found", "no turn by that id in the conversation"),
     MessageNotFound: Answer(404, "Message not found", "no message by that id in the conversation"),
+    FileNotFound: Answer(
+        404,
+        "File not found",
+        "no file of the caller's by that id (deleted, another user's or tenant's)",
+    ),
+    TooManyAttachments: Answer(
+        400, "Too many attachments", "a message with more files than the limit"
+    ),
     Conflict: Answer(409, "Conflict", "the request conflicts with the state"),
     TurnInProgress: Answer(
         409, "A turn is in progress", "the conversation has a running turn (its `turn_id`)"
@@ -96,6 +110,18 @@ ERRORS: dict[type[TurnstreamError], Answer] = {
         410, "Model unavailable", "the conversation's model is no longer served"
     ),
     PayloadTooLarge: Answer(413, "Payload too large", "a message longer than the limit"),
+    FileTooLarge: Answer(413, "File too large", "an upload of more bytes than the limit"),
+    ImageTooLarge: Answer(
+        413, "Image too large", "an image of more pixels than the limit (a decompression bomb)"
+    ),
+    UnsupportedMediaType: Answer(
+        415,
+        "Unsupported media type",
+        "a file whose content is not of an allowed type, whatever its name",
+    ),
+    UnsupportedAttachment: Answer(
+        422, "Unsupported attachment", "an attachment the model cannot take (an image, no vision)"
+    ),
     InputTooLong: Answer(422, "Input too long", "the turn's input is more than the model takes"),
     ConversationFull: Answer(
         422, "Conversation full", "the conversation holds the most messages it may"
@@ -105,7 +131,7 @@ ERRORS: dict[type[TurnstreamError], Answer] = {
         429, "Too many running turns", "the caller has the most turns running it may"
     ),
     QuotaExhausted: Answer(
-        429, "Token quota exhausted", "the day's or the week's tokens are used up"
+        429, "Quota exhausted", "the day's or the week's tokens, or the stored bytes, are used up"
     ),
     LoginRequired: Answer(429, "Login required", "a guest has sent every message it may"),
     ServiceUnavailable: Answer(
