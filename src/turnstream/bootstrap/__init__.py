@@ -42,6 +42,7 @@ from turnstream.usecases.chats import Chats
 from turnstream.usecases.commits import CommitFeed
 from turnstream.usecases.control import TurnControl
 from turnstream.usecases.conversations import Conversations, ReadModel
+from turnstream.usecases.files import Files
 from turnstream.usecases.following import Follower
 from turnstream.usecases.health import Health
 from turnstream.usecases.limits import Limits
@@ -199,6 +200,7 @@ def assemble(
         reserve_step=limits.reserve_step,
     )
     conversations = Conversations(app=app, gateway=gateway, reads=reads, models=models)
+    files = Files(app=app, gateway=gateway, limits=settings.limits)
     control = TurnControl(
         app=app,
         gateway=gateway,
@@ -254,6 +256,7 @@ def assemble(
             writer=writer,
             runner=runner,
         ),
+        files=files,
         usage=Usage(
             app=app,
             gateway=gateway,

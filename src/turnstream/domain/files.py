@@ -200,4 +200,3 @@ def check_attachment_ids(file_ids: list[UUID], limit: int) -> list[UUID]:
     if limit and len(unique) > limit:
         raise TooManyAttachments(limit)
     return unique
-

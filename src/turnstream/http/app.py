@@ -21,7 +21,7 @@ from turnstream.http.clients import parse_networks
 from turnstream.http.cors import cors_config
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
-from turnstream.http.routes import chat, conversations, operations, tools, turns, usage
+from turnstream.http.routes import chat, conversations, files, operations, tools, turns, usage
 from turnstream.http.tickets import provide_stream_caller
 from turnstream.settings import BrowserSettings, GuestSettings, ServerSettings, SseSettings
 from turnstream.usecases.services import Services
@@ -66,6 +66,7 @@ def create_app(
             *tools.ROUTES,
             *chat.ROUTES,
             *usage.ROUTES,
+            *files.ROUTES,
         ],
         dependencies={
             "caller": Provide(provide_caller),

@@ -150,6 +150,16 @@ class LimitSettings(Group, frozen=True, kw_only=True, rename=named("LIMIT_")):
     """Tokens in and out one user may use per UTC day (429 quota_exhausted; 0 = off)."""
     weekly_tokens: int = 0
     """Tokens in and out one user may use per ISO week, from Monday 00:00 UTC (0 = off)."""
+    file_bytes: int = 10 * 1024 * 1024
+    """The largest file a user may upload, in bytes (413 file_too_large beyond)."""
+    files_per_message: int = 10
+    """Files one message may attach (400 too_many_attachments beyond; 0 = no limit)."""
+    storage_bytes: int = 0
+    """Bytes of files one user may store, each content counted once (429 quota_exhausted;
+    0 = off)."""
+    image_pixels: int = 50_000_000
+    """The most pixels (width x height) an uploaded image may have (413 image_too_large):
+    an image is never decoded, its size read from its header."""
 
 
 class GuestSettings(Group, frozen=True, kw_only=True, rename=named("GUEST_")):

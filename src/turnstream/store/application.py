@@ -20,8 +20,9 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from turnstream.domain.conversation import Conversation, ConversationEvent
-from turnstream.domain.errors import ConversationNotFound
+from turnstream.domain.errors import ConversationNotFound, FileNotFound
 from turnstream.domain.events import DomainEvent
+from turnstream.domain.files import File, FileEvent
 from turnstream.domain.turn import Turn, TurnEvent
 from turnstream.store.admission import Admission, Admitted
 from turnstream.store.mapper import MsgspecMapper, NullTranscoder, decode_event, encode_event
@@ -124,6 +125,14 @@ class TurnstreamApplication(Application[UUID]):
         if conversation is None or conversation.deleted:
             raise ConversationNotFound(conversation_id)
         return conversation
+
+    def file(self, file_id: UUID) -> File:
+        """The file, folded from its events; FileNotFound if it has none, or is deleted."""
+        events = self.store.select_events(file_id)
+        file = File.fold(cast(FileEvent, self.mapper.to_domain_event(e)) for e in events)
+        if file is None or file.deleted:
+            raise FileNotFound(file_id)
+        return file
 
     # Turns.
 

@@ -34,6 +34,7 @@ from turnstream.store.admission import (
     start_statement,
     start_values,
 )
+from turnstream.store.files import FileBlobs, file_tables
 from turnstream.store.limits import rate_table
 from turnstream.store.repairs import RepairNotes
 from turnstream.store.transactions import explicit_transaction
@@ -89,7 +90,9 @@ def as_row(event: StoredEvent) -> Row:
     return (event.originator_id, event.originator_version, event.topic, event.state)
 
 
-class TurnstreamRecorder(TurnIndexQueries, WaitingTurns, RepairNotes, PostgresApplicationRecorder):
+class TurnstreamRecorder(
+    TurnIndexQueries, WaitingTurns, RepairNotes, FileBlobs, PostgresApplicationRecorder
+):
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
@@ -167,6 +170,7 @@ class TurnstreamRecorder(TurnIndexQueries, WaitingTurns, RepairNotes, PostgresAp
                 ),
             ]
         )
+        self.sql_create_statements.extend(file_tables(self.datastore.schema))
         # The group commit's statements, rendered once (composing them on every commit
         # cost a tenth of the writer's time; they have no parameters of their own).
         self._copy_sql = (

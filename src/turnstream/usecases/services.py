@@ -11,6 +11,7 @@ from turnstream.usecases.admission import TurnStarter
 from turnstream.usecases.chats import Chats
 from turnstream.usecases.control import TurnControl
 from turnstream.usecases.conversations import Conversations
+from turnstream.usecases.files import Files
 from turnstream.usecases.following import Follower
 from turnstream.usecases.health import Health
 from turnstream.usecases.tooluse import ToolAnswers
@@ -25,6 +26,7 @@ class Services:
     follower: Follower
     control: TurnControl
     answers: ToolAnswers
+    files: Files
     usage: Usage
     health: Health
     models: Mapping[str, ModelConfig]
