@@ -2,7 +2,9 @@
 
 Offered tools, it calls those the latest user message names (the rule is in
 :mod:`turnstream.providers.demo_tools`), and once the results are back it answers with
-them.
+them. Given files, it describes each attachment of the latest user message (name,
+type, size, an image's pixels, a text's first line) before its usual text, so that
+attachments can be tried end to end offline.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import msgspec
 
 from turnstream.domain.tools import ToolSpec
 from turnstream.providers.base import (
+    Attachment,
     ChatMessage,
     Chunk,
     Completed,
     ReasoningDelta,
     TextDelta,
     Usage,
+    attachment_text,
+    attachment_tokens,
 )
 from turnstream.providers.demo_tools import results_text, tool_calls
 from turnstream.settings import ModelConfig
@@ -87,16 +92,70 @@ def count_prompt_tokens(messages: list[ChatMessage]) -> int:
     return sum(
         len(_TOKEN_RE.findall(m.content))
         + sum(len(_TOKEN_RE.findall(f"{c.name} {c.arguments}")) for c in m.tool_calls)
+        + sum(_attachment_tokens(a) for a in m.attachments)
         + _PER_MESSAGE_TOKENS
         for m in messages
     )
 
 
+def _attachment_tokens(attachment: Attachment) -> int:
+    # A text as the demo counts any text; an image (or a file not loaded) as estimated.
+    if attachment.text is not None:
+        return len(_TOKEN_RE.findall(attachment_text(attachment)))
+    return attachment_tokens(attachment)
+
+
 def _seed(messages: list[ChatMessage]) -> int:
     # sha256 rather than hash(): hash() is salted per process, and the demo must repeat
-    # itself across restarts and nodes.
-    payload = msgspec.json.encode([[m.role, m.content] for m in messages])
+    # itself across restarts and nodes. A message's files (by content) are added only
+    # when it has some, so the seeds of messages without files stay what they were.
+    payload = msgspec.json.encode(
+        [
+            [m.role, m.content, [a.ref.sha256 for a in m.attachments]]
+            if m.attachments
+            else [m.role, m.content]
+            for m in messages
+        ]
+    )
     return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big")
+
+
+_FIRST_LINE_CHARS = 80
+
+
+def _first_line(text: str) -> str:
+    line = next((" ".join(line.split()) for line in text.splitlines() if line.strip()), "")
+    if len(line) > _FIRST_LINE_CHARS:
+        line = line[: _FIRST_LINE_CHARS - 1].rstrip() + "…"
+    return line
+
+
+def _describe(attachment: Attachment) -> str:
+    ref = attachment.ref
+    facts = [ref.media_type, f"{ref.bytes} bytes"]
+    if ref.kind == "image":
+        if ref.width and ref.height:
+            facts.append(f"{ref.width}x{ref.height} pixels")
+    elif attachment.text is not None:
+        line = _first_line(attachment.text)
+        facts.append(f'first line: "{line}"' if line else "no text")
+    return f"- {ref.name}: {', '.join(facts)}."
+
+
+def attachments_text(messages: list[ChatMessage]) -> str:
+    """What the demo says of the latest user message's attachments, or "".
+
+    One line a file, in the order attached: its name, media type and size in bytes,
+    then an image's width x height, or the first non-empty line of a text or a PDF
+    (whitespace collapsed, at most 80 characters).
+    """
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    if last_user is None or not last_user.attachments:
+        return ""
+    count = len(last_user.attachments)
+    lines = [f"You attached {count} file{'s' if count != 1 else ''}."]
+    lines += [_describe(a) for a in last_user.attachments]
+    return "\n".join(lines) + "\n\n"
 
 
 def _word_pieces(word: str, rng: random.Random) -> list[str]:
@@ -172,7 +231,8 @@ class DemoProvider:
 
         With ``tools`` that the latest user message names, the step calls them
         (``finish_reason="tool_calls"``); after their results, the answer quotes them
-        before its usual text. ``model.max_output_tokens``, when set below the answer's
+        before its usual text. When the latest user message has attachments, the
+        answer begins by describing them. ``model.max_output_tokens``, when set below the answer's
         length, cuts the answer short with ``finish_reason="length"`` as a real server
         would (calls are never cut).
 
@@ -192,7 +252,7 @@ class DemoProvider:
         if calls:
             pieces += calls
         else:
-            answer = _TEXT_PIECE.findall(results_text(messages))
+            answer = _TEXT_PIECE.findall(attachments_text(messages) + results_text(messages))
             answer += _answer_tokens(rng, max(0, self.tokens))
             if model.max_output_tokens is not None and model.max_output_tokens < len(answer):
                 answer = answer[: max(0, model.max_output_tokens)]
