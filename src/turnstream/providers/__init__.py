@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from turnstream.providers.base import (
+    Attachment,
     ChatMessage,
     Chunk,
     Completed,
@@ -13,6 +14,7 @@ from turnstream.providers.base import (
     Usage,
     estimate_tokens,
     estimate_usage,
+    message_tokens,
 )
 from turnstream.providers.demo import DemoProvider
 from turnstream.providers.openai import OpenAIProvider
@@ -20,6 +22,7 @@ from turnstream.providers.title import heuristic_title, llm_title
 from turnstream.settings import ModelConfig, ModelSettings
 
 __all__ = [
+    "Attachment",
     "ChatMessage",
     "Chunk",
     "Completed",
@@ -35,6 +38,7 @@ __all__ = [
     "estimate_usage",
     "heuristic_title",
     "llm_title",
+    "message_tokens",
 ]
 
 

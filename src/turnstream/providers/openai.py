@@ -11,11 +11,7 @@ from typing import cast
 import msgspec
 import openai
 from openai import AsyncOpenAI
-from openai.types.chat import (
-    ChatCompletionChunk,
-    ChatCompletionMessageParam,
-    ChatCompletionToolUnionParam,
-)
+from openai.types.chat import ChatCompletionChunk, ChatCompletionToolUnionParam
 from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall
 
 from turnstream.domain.tools import ToolSpec
@@ -33,6 +29,7 @@ from turnstream.providers.base import (
     estimate_usage,
     tool_param,
 )
+from turnstream.providers.parts import message_param
 from turnstream.settings import ModelConfig
 
 # Local servers accept any key, but the SDK refuses to build a client without one.
@@ -44,35 +41,6 @@ _REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 # Long enough for a real server's explanation, short enough for a chat bubble.
 _MAX_SERVER_MESSAGE_CHARS = 300
-
-
-def _to_param(message: ChatMessage) -> ChatCompletionMessageParam:
-    if message.role == "system":
-        return {"role": "system", "content": message.content}
-    if message.role == "tool":
-        return {
-            "role": "tool",
-            "tool_call_id": message.tool_call_id or "",
-            "content": message.content,
-        }
-    if message.role == "assistant":
-        if not message.tool_calls:
-            return {"role": "assistant", "content": message.content}
-        # A step that only called tools has no text: null, as OpenAI itself returns such
-        # a message (so every server that takes tools takes it back).
-        return {
-            "role": "assistant",
-            "content": message.content or None,
-            "tool_calls": [
-                {
-                    "id": call.call_id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                }
-                for call in message.tool_calls
-            ],
-        }
-    return {"role": "user", "content": message.content}
 
 
 def _reasoning_of(delta: ChoiceDelta) -> str | None:
@@ -190,7 +158,7 @@ class OpenAIProvider:
         try:
             response = await client.chat.completions.create(
                 model=model.provider_model,
-                messages=[_to_param(m) for m in messages],
+                messages=[message_param(m) for m in messages],
                 stream=True,
                 stream_options={"include_usage": True},
                 max_tokens=(
