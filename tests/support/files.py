@@ -38,15 +38,17 @@ def pixel_bomb(side: int = 100_000) -> bytes:
     )
 
 
-def zip_bomb(expanded: int = 1 << 30) -> bytes:
+def zip_bomb(expanded: int = 1 << 28) -> bytes:
     """A zip whose one member expands to ``expanded`` bytes of zeros (about 1 MiB for a
     GiB): the classic decompression bomb."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        with z.open("zeros.txt", "w", force_zip64=True) as member:
-            block = b"\0" * (1 << 20)
-            for _ in range(expanded // len(block)):
-                member.write(block)
+    with (
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z,
+        z.open("zeros.txt", "w", force_zip64=True) as member,
+    ):
+        block = b"\0" * (1 << 20)
+        for _ in range(expanded // len(block)):
+            member.write(block)
     return out.getvalue()
 
 
@@ -60,7 +62,11 @@ def multipart(
 ) -> tuple[bytes, str]:
     """A multipart/form-data body with one file field, and its content type."""
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\";"
-        f" filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}";'
+            f' filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"

@@ -233,6 +233,7 @@ def assemble(
             writer=writer,
             starts=starts,
             runner=runner,
+            files=files,
         ),
         follower=Follower(
             app=app,
@@ -255,6 +256,7 @@ def assemble(
             bus=bus,
             writer=writer,
             runner=runner,
+            files=files,
         ),
         files=files,
         usage=Usage(

@@ -12,9 +12,9 @@ model input are all derived from the log.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -200,3 +200,20 @@ def check_attachment_ids(file_ids: list[UUID], limit: int) -> list[UUID]:
     if limit and len(unique) > limit:
         raise TooManyAttachments(limit)
     return unique
+
+
+def refs_of(items: Iterable[Mapping[str, Any]] | None) -> tuple[FileRef, ...]:
+    """The refs a read model's message lists (``attachments``; its ``sha256`` may be
+    left out: the store's row of the file has it)."""
+    return tuple(
+        FileRef(
+            id=item["id"] if isinstance(item["id"], UUID) else UUID(str(item["id"])),
+            name=str(item["name"]),
+            media_type=str(item["media_type"]),
+            bytes=int(item["bytes"]),
+            sha256=str(item.get("sha256") or ""),
+            width=item.get("width"),
+            height=item.get("height"),
+        )
+        for item in items or ()
+    )

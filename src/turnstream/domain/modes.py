@@ -51,6 +51,9 @@ class TurnRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tools: list[ToolSpec] | None = None
     """Client tools this turn offers (OpenAI function format), instead of the
     conversation's; ``[]`` offers none."""
+    attachments: Annotated[list[UUID], msgspec.Meta(max_length=100)] | None = None
+    """``message``, ``edit``: ids of the caller's files (``POST /v1/files``) attached to
+    the new user message."""
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,18 @@ def _target(messages: dict[UUID, Row], request: TurnRequest, role: str) -> Row:
 
 
 def _content(request: TurnRequest) -> str:
+    """The new message's text: non-empty, unless files are attached to it."""
     content = (request.content or "").strip()
-    if not content:
-        raise Invalid(f"Mode {request.mode!r} needs non-empty 'content'.")
+    if not content and not request.attachments:
+        raise Invalid(f"Mode {request.mode!r} needs non-empty 'content' (or attachments).")
     return content
 
 
 def _no_content(request: TurnRequest) -> None:
     if request.content is not None:
         raise Invalid(f"Mode {request.mode!r} takes no 'content'.")
+    if request.attachments:
+        raise Invalid(f"Mode {request.mode!r} makes no user message: no 'attachments'.")
     if request.client_message_id is not None:
         raise Invalid(f"Mode {request.mode!r} makes no user message: no 'client_message_id'.")
 

@@ -10,7 +10,7 @@ same turn, whichever node recorded it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -18,6 +18,7 @@ import msgspec
 from eventsourcing.persistence import IntegrityError
 
 from turnstream.bus.local import LocalBus
+from turnstream.domain.attachments import Attachment
 from turnstream.domain.callers import Caller
 from turnstream.domain.chats import ChatTurn, chat_request
 from turnstream.domain.errors import (
@@ -30,6 +31,7 @@ from turnstream.domain.errors import (
     TurnInProgress,
     UnknownModel,
 )
+from turnstream.domain.files import FileRef, refs_of
 from turnstream.domain.modes import NEW_MESSAGES, TurnPlan, TurnRequest, plan_turn
 from turnstream.domain.progress import TurnProgress
 from turnstream.domain.tools import ToolSpec, check_tools
@@ -42,21 +44,33 @@ from turnstream.store.gateway import StoreGateway
 from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.conversations import ReadModel
+from turnstream.usecases.files import Files
 from turnstream.usecases.limits import Limits
 from turnstream.usecases.registry import RunningTurn
 from turnstream.usecases.runner import TurnRunner
 
 
-def model_input(system_prompt: str | None, plan: TurnPlan) -> list[ChatMessage]:
-    """What the model sees: the system prompt, the path to the new answer, the new
-    user message, and for ``continue`` the answer so far."""
+def model_input(
+    system_prompt: str | None, plan: TurnPlan, attachments: Sequence[FileRef] = ()
+) -> list[ChatMessage]:
+    """What the model sees: the system prompt, the path to the new answer (with the
+    files of its user messages), the new user message with ``attachments``, and for
+    ``continue`` the answer so far. The files' content is loaded later
+    (``Files.for_model``)."""
     path = [ChatMessage("system", system_prompt)] if system_prompt else []
-    path += [ChatMessage(m["role"], m["content"]) for m in plan.history if m["content"]]
+    for m in plan.history:
+        files = refs_of(m.get("attachments"))
+        if m["content"] or files:
+            path.append(ChatMessage(m["role"], m["content"], attachments=unloaded(files)))
     if plan.content is not None:
-        path.append(ChatMessage("user", plan.content))
+        path.append(ChatMessage("user", plan.content, attachments=unloaded(attachments)))
     if plan.prefix:
         path.append(ChatMessage("assistant", plan.prefix))
     return path
+
+
+def unloaded(refs: Sequence[FileRef]) -> tuple[Attachment, ...]:
+    return tuple(Attachment(ref=ref) for ref in refs)
 
 
 def offered_tools(
@@ -94,8 +108,10 @@ class TurnStarter:
         writer: GroupWriter,
         starts: StartBatcher,
         runner: TurnRunner,
+        files: Files,
     ) -> None:
         self.app = app
+        self.files = files
         self.run = gateway.run
         self.queued = gateway.queued
         self.starts = starts
@@ -146,7 +162,10 @@ class TurnStarter:
             )
         tools = offered_tools(request.tools, conversation.get("tools"))
         plan = plan_turn(request, messages, conversation["current_leaf_id"])
-        path = model_input(conversation["system_prompt"], plan)
+        attachments = await self.files.attachments(caller, request.attachments or ())
+        self.files.check_model(attachments, model)
+        path = model_input(conversation["system_prompt"], plan, attachments)
+        path = await self.files.for_model(path, model)
         estimate = sum(message_tokens(m) for m in path)
         if model.max_input_tokens is not None and estimate > model.max_input_tokens:
             raise InputTooLong(
@@ -172,6 +191,7 @@ class TurnStarter:
             reasoning_prefix=plan.reasoning_prefix,
             client_message_id=request.client_message_id,
             tools=tools,
+            attachments=attachments,
         )
         worth = estimate + self.limits.output_worth(model, estimate)
         admission = self.limits.admission(caller, started, worth, client)

@@ -21,12 +21,20 @@ from uuid import UUID
 
 import msgspec
 
+from turnstream.domain.attachments import Attachment
 from turnstream.domain.callers import Caller
-from turnstream.domain.errors import FileNotFound, FileTooLarge, QuotaExhausted
+from turnstream.domain.errors import (
+    FileNotFound,
+    FileTooLarge,
+    QuotaExhausted,
+    UnsupportedAttachment,
+)
 from turnstream.domain.files import File, FileRef, check_attachment_ids, clean_name
+from turnstream.files.extract import model_attachment
 from turnstream.files.sniff import Sniffed, Sniffer
 from turnstream.ids import uuid7
-from turnstream.settings import LimitSettings
+from turnstream.providers.base import ChatMessage
+from turnstream.settings import LimitSettings, ModelConfig
 from turnstream.store.application import TurnstreamApplication
 from turnstream.store.files import READ_CHUNKS, FileRow, Refused
 from turnstream.store.gateway import StoreGateway
@@ -35,6 +43,10 @@ CHUNK_BYTES = 256 * 1024
 """Bytes of an upload written to the store per chunk (and held in memory at most)."""
 ORPHAN_GRACE_S = 3600.0
 """Chunks of no finished upload older than this are swept (their process died)."""
+MAX_TEXT_CHARS = 1_000_000
+"""Characters of a text (or a PDF's text) given to a model without an input limit."""
+VISION = "vision"
+"""What a model ``supports`` when it takes images."""
 RETRY_STORAGE_S = 3600
 """Retry-After of a full storage quota: it frees only when the user deletes files."""
 
@@ -222,6 +234,65 @@ class Files:
             refs.append(file_ref(row))
         return tuple(refs)
 
+    def check_model(self, refs: Sequence[FileRef], model: ModelConfig) -> None:
+        """UnsupportedAttachment for an image given to a model that takes no images."""
+        images = [r.name for r in refs if r.kind == "image"]
+        if images and VISION not in model.supports:
+            raise UnsupportedAttachment(
+                f"The model {model.id!r} does not take images ({', '.join(images)});"
+                " choose a model that supports vision.",
+                model=model.id,
+            )
+
+    async def for_model(self, messages: list[ChatMessage], model: ModelConfig) -> list[ChatMessage]:
+        """The messages with their attachments' content loaded, as ``model`` is to see
+        them (see :func:`load_for_model`); the same list when none has attachments."""
+        if not any(m.attachments for m in messages):
+            return messages
+        return await self.run(load_for_model, self.app, messages, model)
+
     async def sweep(self) -> int:
         """Drop the chunks of uploads that never finished (their process died)."""
         return await self.run(self.app.store.sweep_chunks, ORPHAN_GRACE_S)
+
+
+def load_for_model(
+    app: TurnstreamApplication, messages: list[ChatMessage], model: ModelConfig
+) -> list[ChatMessage]:
+    """Load each attachment's content (on a store thread): an image's bytes, a text's
+    text, a PDF's extracted text, each text cut to what the model's input could hold.
+
+    Earlier messages keep their files, so every turn gives the model the whole path
+    again, as chat products do. A file deleted since is left out, and an image for a
+    model that takes no images (the conversation's model may have changed) too: in
+    their place the message says so, so the model knows something was there.
+    """
+    ids = [a.ref.id for m in messages for a in m.attachments]
+    rows = {r.file_id: r for r in app.store.file_rows(ids)}
+    max_chars = model.max_input_tokens * 4 if model.max_input_tokens else MAX_TEXT_CHARS
+    loaded: dict[tuple[str, str], bytes] = {}
+    out: list[ChatMessage] = []
+    for message in messages:
+        if not message.attachments:
+            out.append(message)
+            continue
+        attachments: list[Attachment] = []
+        notes: list[str] = []
+        for attachment in message.attachments:
+            row = rows.get(attachment.ref.id)
+            if row is None or row.deleted:
+                notes.append(f"[The attached file {attachment.ref.name} has been deleted.]")
+                continue
+            ref = file_ref(row)
+            if ref.kind == "image" and VISION not in model.supports:
+                notes.append(f"[An image, {ref.name}, is left out: this model takes no images.]")
+                continue
+            key = (row.tenant, row.sha256)
+            if key not in loaded:
+                loaded[key] = b"".join(app.store.file_bytes(row.tenant, row.sha256))
+            attachments.append(model_attachment(ref, loaded[key], max_chars))
+        content = "\n\n".join([message.content, *notes]) if notes else message.content
+        out.append(
+            msgspec.structs.replace(message, content=content, attachments=tuple(attachments))
+        )
+    return out

@@ -35,6 +35,7 @@ from turnstream.store.gateway import StoreGateway
 from turnstream.store.writer import GroupWriter
 from turnstream.usecases.admission import model_input
 from turnstream.usecases.conversations import Conversations, ReadModel
+from turnstream.usecases.files import Files
 from turnstream.usecases.registry import RunningTurn
 from turnstream.usecases.runner import TurnRunner
 
@@ -105,8 +106,10 @@ class ToolAnswers:
         bus: LocalBus,
         writer: GroupWriter,
         runner: TurnRunner,
+        files: Files,
     ) -> None:
         self.app = app
+        self.files = files
         self.run = gateway.run
         self.conversations = conversations
         self.reads = reads
@@ -194,14 +197,15 @@ class ToolAnswers:
         conversation, stored = await self.reads.tree(caller, started.conversation_id)
         plan = TurnPlan(
             started.parent_id,
-            started.content or None,
+            started.content if started.user_message_id is not None else None,
             prefix=started.prefix,
             history=path_to({m["id"]: m for m in stored}, started.parent_id),
         )
+        path = model_input(conversation["system_prompt"], plan, started.attachments)
         return RunningTurn(
             started=started,
             model=model,
-            messages=model_input(conversation["system_prompt"], plan),
+            messages=await self.files.for_model(path, model),
             first_turn=False,
             title=conversation["title"],
             progress=TurnProgress.resume(turn),
