@@ -65,7 +65,7 @@ DEMO_MODEL = ModelConfig(
     id="demo",
     provider="demo",
     context_window=32768,
-    supports=("chat", "streaming", "reasoning"),
+    supports=("chat", "streaming", "reasoning", "vision"),
 )
 
 
