@@ -23,6 +23,7 @@ from turnstream.projections.attachments import with_attachments
 from turnstream.projections.base import channel
 from turnstream.projections.registry import PROJECTIONS
 from turnstream.projections.tree_steps import with_parts
+from turnstream.projections.usage import STORED
 from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class Reader:
                 " (('day', %s), ('week', %s)) GROUP BY period, period_start"
             ).format(view("usage_counters"))
         )
+        self._stored = render(SQL(STORED).format(usage_files=view("usage_files")))
 
     def _rows(self, query: Any, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with (
@@ -213,6 +215,11 @@ class Reader:
 
     def usage(self, tenant: str, user_id: str, day: Any, week: Any) -> list[dict[str, Any]]:
         return self._rows(self._usage, (tenant, user_id, day, week))
+
+    def stored(self, tenant: str, user_id: str) -> tuple[int, int]:
+        """(the user's files, their stored bytes: each distinct content once)."""
+        row = self._rows(self._stored, (tenant, user_id))[0]
+        return int(row["files"]), int(row["bytes"])
 
 
 class Positions:

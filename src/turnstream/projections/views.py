@@ -241,9 +241,19 @@ class GuestAllowance(msgspec.Struct, kw_only=True):
     remaining: int
 
 
+class StorageUsage(msgspec.Struct, kw_only=True):
+    """What the caller's files hold: each distinct content counted once, as it is stored
+    (the same bytes uploaded twice are stored once); deleted files not at all."""
+
+    bytes: int
+    files: int
+    """The caller's files that are not deleted."""
+
+
 class UsageReport(msgspec.Struct, kw_only=True):
     day: UsagePeriod
     week: UsagePeriod
     limits: UsageLimits
     guest: GuestAllowance | None
     """For guests: the messages they may send before they must sign in."""
+    storage: StorageUsage = msgspec.field(default_factory=lambda: StorageUsage(bytes=0, files=0))
