@@ -26,6 +26,7 @@ ITEM_FIELDS = {
     "updated_at",
     "message_count",
     "active_turn_id",
+    "attachment_count",
 }
 
 

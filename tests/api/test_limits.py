@@ -227,6 +227,7 @@ def test_the_weekly_quota_and_the_usage_report(make_server: ServerFactory) -> No
     assert fresh["week"]["limit_tokens"] == 1
     assert fresh["day"]["limit_tokens"] is None
     assert fresh["limits"]["weekly_tokens"] == 1
+    assert fresh["storage"] == {"bytes": 0, "files": 0}  # no files yet
     monday = datetime.fromisoformat(fresh["week"]["start"])
     assert monday.weekday() == 0
     assert datetime.fromisoformat(fresh["week"]["resets_at"]) == monday + timedelta(days=7)

@@ -10,7 +10,7 @@ from tests.api.test_turn_stream import new_conversation, run_turn
 from tests.conftest import NatsTarget
 from tests.support.jetstream import StoredEvent, StreamMessage, wait_relayed
 from tests.support.server import Server
-from turnstream.bus.envelope import TOPIC_TYPES, TURN_TOPICS
+from turnstream.bus.envelope import FILE_TOPICS, TOPIC_TYPES, TURN_TOPICS
 
 
 def assert_exactly_the_store(
@@ -41,6 +41,10 @@ def assert_exactly_the_store(
             cid = conversations[str(event.originator_id)]
             assert body["conversation_id"] == cid
             assert message.subject == f"{prefix}.{tenant}.{cid}.turn.{event.originator_id}.{kind}"
+        elif event.topic in FILE_TOPICS:
+            assert body["turn_id"] is None
+            assert body["conversation_id"] is None
+            assert message.subject == f"{prefix}.{tenant}.file.{event.originator_id}.{kind}"
         else:
             assert body["turn_id"] is None
             assert body["conversation_id"] == str(event.originator_id)

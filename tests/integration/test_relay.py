@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -18,12 +19,15 @@ from tests.api.test_relay import assert_exactly_the_store
 from tests.conftest import NatsTarget
 from tests.support.events import a_conversation
 from tests.support.jetstream import StreamMessage, stored_events, stream_messages
+from tests.unit.test_envelope_schema import validator
 from turnstream.bootstrap import build_application
 from turnstream.bus.acks import AckInbox
 from turnstream.bus.envelope import EXPECTED_LAST_SEQ, POSITION
 from turnstream.bus.nats import NatsLink
 from turnstream.bus.relay import Relay
 from turnstream.domain.events import DomainEvent
+from turnstream.domain.files import File
+from turnstream.ids import uuid7
 from turnstream.settings import Settings
 from turnstream.store.application import TurnstreamApplication
 
@@ -234,3 +238,40 @@ async def test_the_relay_s_inbox_hands_each_ack_to_its_publish_and_each_refusal_
     finally:
         await acks.close()
         await nc.close()
+
+
+async def test_a_files_events_are_published_once_on_its_tenants_file_subject(
+    app: TurnstreamApplication, nats_target: NatsTarget, database_url: str, db_schema: str
+) -> None:
+    settings = settings_for(nats_target, database_url, db_schema)
+    file_id = uuid7()
+    uploaded = File.upload(
+        file_id, tenant="acme", owner="alice", name="notes.txt", media_type="text/plain",
+        size=12, sha256="5f" * 32,
+    )  # fmt: skip
+    write(app, a_conversation())
+    head = app.record(uploaded)
+    async with relay_on(app, settings) as running:
+        await running.caught_up(head)
+    # A relay that starts after the upload finds the file's subject from its first event.
+    head = app.record(File(uploaded).delete(by="alice"))
+    async with relay_on(app, settings) as running:
+        await running.caught_up(head)
+
+    relayed = await stream_messages(nats_target.url, nats_target.stream, nats_target.prefix)
+    stored = stored_events(database_url, db_schema)
+    assert_exactly_the_store(stored, relayed, nats_target.prefix)
+    files = relayed[-2:]
+    prefix = f"{nats_target.prefix}.acme.file.{file_id}"
+    assert [m.subject for m in files] == [f"{prefix}.file_uploaded", f"{prefix}.file_deleted"]
+    assert [m.headers["Nats-Msg-Id"] for m in files] == [f"{file_id}:1", f"{file_id}:2"]
+    assert [m.headers[POSITION] for m in files] == [str(e.position) for e in stored[-2:]]
+    check = validator()
+    for message in files:
+        body = json.loads(message.body)
+        assert check.is_valid(body), list(check.iter_errors(body))
+    first = json.loads(files[0].body)
+    assert first["conversation_id"] is None
+    assert first["turn_id"] is None
+    assert first["data"]["sha256"] == "5f" * 32
+    assert first["data"]["owner"] == "alice"

@@ -65,6 +65,7 @@ def test_the_sse_events_and_the_nats_types_are_the_contracts() -> None:
     nats = section("NATS JetStream")
     kinds = re.split(r",\s*", re.findall(r"with type one of\s+`([^`]+)`", nats)[0])
     kinds += re.findall(r"conversation\.<type>` \(`([^`]+)`\)", nats)[0].split(", ")
+    kinds += re.findall(r"file\.<file_id>\.<type>` \(`([^`]+)`\)", nats)[0].split(", ")
     assert set(kinds) == set(SUBJECT_TYPES.values())
 
 

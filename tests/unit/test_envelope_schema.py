@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from turnstream.bus.envelope import (
     CONVERSATION_EVENTS,
     EVENT_TYPES,
+    FILE_EVENTS,
     TURN_EVENTS,
     Envelope,
     encode_envelope,
@@ -24,6 +25,7 @@ from turnstream.bus.envelope import (
 from turnstream.cli import main
 from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent, utcnow
+from turnstream.domain.files import File, FileRef
 from turnstream.domain.turn import Turn, TurnUsage
 from turnstream.ids import uuid7
 from turnstream.store.mapper import encode_event
@@ -52,8 +54,9 @@ def test_the_committed_schema_file_is_the_generated_one(
 
 
 def one_event_of_each_type() -> list[tuple[DomainEvent, Any, Any]]:
-    """(event, conversation id, turn id or None) for every type the relay publishes."""
-    cid, tid, now = uuid7(), uuid7(), utcnow()
+    """(event, conversation id or None, turn id or None) for every type the relay
+    publishes."""
+    cid, tid, fid, now = uuid7(), uuid7(), uuid7(), utcnow()
 
     def turn(cls: type[Any], version: int, **fields: Any) -> Any:
         return cls(originator_id=tid, originator_version=version, timestamp=now, **fields)
@@ -76,6 +79,17 @@ def one_event_of_each_type() -> list[tuple[DomainEvent, Any, Any]]:
             parent_id=None,
             model="demo",
             content="Hi",
+            attachments=(
+                FileRef(
+                    id=fid,
+                    name="cat.png",
+                    media_type="image/png",
+                    bytes=68,
+                    sha256="ab" * 32,
+                    width=1,
+                    height=1,
+                ),
+            ),
         ),
         turn(Turn.ReasoningAppended, 2, text="Thinking"),
         turn(Turn.TokensAppended, 3, text="Hel"),
@@ -105,9 +119,19 @@ def one_event_of_each_type() -> list[tuple[DomainEvent, Any, Any]]:
         conversation(Conversation.Claimed, 3, owner="bob", previous_owner="guest-1"),
         conversation(Conversation.Deleted, 4),
     ]
+    uploaded = File.upload(
+        fid, tenant="acme", owner="alice", name="cat.png", media_type="image/png", size=68,
+        sha256="ab" * 32, width=1, height=1,
+    )  # fmt: skip
+    file_events = [uploaded, File(uploaded).delete(by="alice")]
     assert {type(e) for e in turn_events} == set(TURN_EVENTS)
     assert {type(e) for e in conversation_events} == set(CONVERSATION_EVENTS)
-    return [(e, cid, tid) for e in turn_events] + [(e, cid, None) for e in conversation_events]
+    assert {type(e) for e in file_events} == set(FILE_EVENTS)
+    return (
+        [(e, cid, tid) for e in turn_events]
+        + [(e, cid, None) for e in conversation_events]
+        + [(e, None, None) for e in file_events]
+    )
 
 
 def envelope_of(event: DomainEvent, cid: Any, tid: Any, position: int) -> dict[str, Any]:
@@ -147,6 +171,13 @@ def test_the_schema_refuses_envelopes_that_break_the_contract() -> None:
     # A turn event without its turn, a conversation event with one.
     assert not check.is_valid({**started, "turn_id": None})
     assert not check.is_valid({**created, "turn_id": started["turn_id"]})
+    # A file event in a conversation (or in a turn); a conversation event outside one.
+    uploaded = envelope_of(*by_type[File.Uploaded], position=10)
+    assert uploaded["conversation_id"] is None
+    assert not check.is_valid({**uploaded, "conversation_id": created["conversation_id"]})
+    assert not check.is_valid({**uploaded, "turn_id": started["turn_id"]})
+    assert not check.is_valid({**created, "conversation_id": None})
+    assert not check.is_valid({**started, "conversation_id": None})
     # An unknown type, a position of 0, a malformed id.
     assert not check.is_valid({**started, "type": "frobnicated"})
     assert not check.is_valid({**started, "position": 0})

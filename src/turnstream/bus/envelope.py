@@ -4,6 +4,8 @@ Contract ("NATS JetStream"):
 
 - turn events on ``<prefix>.<tenant>.<conversation_id>.turn.<turn_id>.<type>``;
 - conversation events on ``<prefix>.<tenant>.<conversation_id>.conversation.<type>``;
+- file events on ``<prefix>.<tenant>.file.<file_id>.<type>`` (a file belongs to its
+  owner, not to a conversation: its envelope's ``conversation_id`` is null);
 - headers ``Nats-Msg-Id: <stream_id>:<seq>`` and ``Turnstream-Position: <position>``;
 - body ``{id, type, tenant, conversation_id, turn_id, seq, position, occurred_at, data}``.
 
@@ -22,6 +24,7 @@ import msgspec
 
 from turnstream.domain.conversation import Conversation, ConversationEvent
 from turnstream.domain.events import DomainEvent
+from turnstream.domain.files import File, FileEvent
 from turnstream.domain.identities import is_tenant
 from turnstream.domain.turn import Turn, TurnEvent
 
@@ -48,9 +51,11 @@ SUBJECT_TYPES: dict[type[DomainEvent], str] = {
     Conversation.Renamed: "renamed",
     Conversation.Deleted: "deleted",
     Conversation.Claimed: "claimed",
+    File.Uploaded: "file_uploaded",
+    File.Deleted: "file_deleted",
 }
 """Each event's type on NATS: the last token of its subject and the envelope's ``type``.
-Turn and conversation types never share a name."""
+No two aggregates' types share a name."""
 EVENT_TYPES: dict[str, type[DomainEvent]] = {kind: cls for cls, kind in SUBJECT_TYPES.items()}
 """Envelope ``type`` → event class."""
 TURN_EVENTS: tuple[type[TurnEvent], ...] = tuple(
@@ -59,9 +64,13 @@ TURN_EVENTS: tuple[type[TurnEvent], ...] = tuple(
 CONVERSATION_EVENTS: tuple[type[ConversationEvent], ...] = tuple(
     cls for cls in SUBJECT_TYPES if issubclass(cls, ConversationEvent)
 )
+FILE_EVENTS: tuple[type[FileEvent], ...] = tuple(
+    cls for cls in SUBJECT_TYPES if issubclass(cls, FileEvent)
+)
 
 TOPIC_TYPES: dict[str, str] = {cls.TOPIC: t for t, cls in EVENT_TYPES.items()}
 TURN_TOPICS = frozenset(cls.TOPIC for cls in TURN_EVENTS)
+FILE_TOPICS = frozenset(cls.TOPIC for cls in FILE_EVENTS)
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,14 +79,16 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     """``<stream_id>:<seq>``: the event's identity (and its ``Nats-Msg-Id``)."""
     type: str
-    """``turn_started``, ``token``, ``reasoning``, ``title``, ``final``, ``error``;
-    ``created``, ``renamed``, ``deleted``, ``claimed``."""
+    """One of :data:`SUBJECT_TYPES`' values (``turn_started``, ``token`` …; ``created`` …;
+    ``file_uploaded``, ``file_deleted``)."""
     tenant: str
-    conversation_id: UUID
+    conversation_id: UUID | None
+    """The conversation, for turn and conversation events; null for file events (a file
+    is its owner's, and may be attached in several conversations)."""
     turn_id: UUID | None
-    """The turn, for turn events; null for conversation events."""
+    """The turn, for turn events; null for conversation and file events."""
     seq: int
-    """The event's number within its stream (turn or conversation): 1, 2, 3 …"""
+    """The event's number within its stream (turn, conversation or file): 1, 2, 3 …"""
     position: int
     """The event store's notification id: increasing in commit order, possibly with holes."""
     occurred_at: datetime
@@ -139,6 +150,12 @@ def conversation_subject(prefix: str, tenant: str, conversation_id: UUID, kind: 
     return f"{prefix}.{tenant_token(tenant)}.{conversation_id}.conversation.{kind}"
 
 
+def file_subject(prefix: str, tenant: str, file_id: UUID, kind: str) -> str:
+    """Where a file's events go: its tenant's, outside every conversation (the ``file``
+    token is never a conversation id, so no conversation's wildcard matches it)."""
+    return f"{prefix}.{tenant_token(tenant)}.file.{file_id}.{kind}"
+
+
 def turn_wildcard(prefix: str, tenant: str, conversation_id: UUID, turn_id: UUID) -> str:
     """Every event of one turn."""
     return f"{prefix}.{tenant_token(tenant)}.{conversation_id}.turn.{turn_id}.*"
@@ -158,15 +175,18 @@ _FIELD_NOTES: dict[str, dict[str, Any]] = {
     },
     "type": {"description": "The event's type; the last token of its subject."},
     "tenant": {
-        "description": "The tenant that owns the conversation: a tenant id"
+        "description": "The tenant that owns the conversation or file: a tenant id"
         " (`^[A-Za-z0-9_-]{1,64}$`, also the subject's token), except in events stored"
         " before tenant ids were checked whole, whose subject token encodes the tenant"
         " as `~` and the unpadded base64url of its UTF-8 bytes.",
     },
-    "conversation_id": {"description": "The conversation the event belongs to."},
-    "turn_id": {"description": "The turn, for turn events; null for conversation events."},
+    "conversation_id": {
+        "description": "The conversation the event belongs to; null for file events (a file"
+        " is its owner's, not a conversation's)."
+    },
+    "turn_id": {"description": "The turn, for turn events; null for conversation and file events."},
     "seq": {
-        "description": "The event's number within its turn or conversation: 1, 2, 3 ..."
+        "description": "The event's number within its turn, conversation or file: 1, 2, 3 ..."
         " with no gap (a turn's SSE frame id).",
         "minimum": 1,
     },
@@ -206,14 +226,16 @@ def json_schema() -> dict[str, Any]:
         "description": "The stored event exactly as the log holds it; its shape depends on `type`.",
     }
     env_def["properties"] = props
-    turn_id = {"type": "string", "format": "uuid"}
+    an_id = {"type": "string", "format": "uuid"}
+    null = {"type": "null"}
     env_def["allOf"] = [
         {
             "if": {"properties": {"type": {"const": kind}}},
             "then": {
                 "properties": {
                     "data": ref,
-                    "turn_id": turn_id if cls in TURN_EVENTS else {"type": "null"},
+                    "conversation_id": null if cls in FILE_EVENTS else an_id,
+                    "turn_id": an_id if cls in TURN_EVENTS else null,
                 }
             },
         }
@@ -225,9 +247,10 @@ def json_schema() -> dict[str, Any]:
         **env_def,
         "title": "turnstream NATS envelope (v1)",
         "description": "One stored event as the relay publishes it on JetStream: on subject"
-        " `<prefix>.<tenant>.<conversation_id>.turn.<turn_id>.<type>` (turn events) or"
-        " `<prefix>.<tenant>.<conversation_id>.conversation.<type>` (conversation events),"
-        " with headers `Nats-Msg-Id` (= `id`) and `Turnstream-Position` (= `position`).",
+        " `<prefix>.<tenant>.<conversation_id>.turn.<turn_id>.<type>` (turn events),"
+        " `<prefix>.<tenant>.<conversation_id>.conversation.<type>` (conversation events)"
+        " or `<prefix>.<tenant>.file.<file_id>.<type>` (file events), with headers"
+        " `Nats-Msg-Id` (= `id`) and `Turnstream-Position` (= `position`).",
         "$defs": defs,
     }
 

@@ -2,7 +2,8 @@
 
 A page of the log is read in binary (bytea as bytes), and each event becomes a message
 whose body embeds the stored state byte for byte. An event's subject and envelope need
-its aggregate's tenant and conversation, which only the aggregate's first event holds:
+its aggregate's tenant and conversation (none for a file), which only the aggregate's
+first event holds:
 they are cached per aggregate (looked up for the events whose first came before the
 page). Every stored event is published, whatever it holds: one whose tenant is not a
 subject token goes out on the encoded token, and is noted once as a repair.
@@ -20,7 +21,14 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL
 
-from turnstream.bus.envelope import TOPIC_TYPES, TURN_TOPICS, conversation_subject, turn_subject
+from turnstream.bus.envelope import (
+    FILE_TOPICS,
+    TOPIC_TYPES,
+    TURN_TOPICS,
+    conversation_subject,
+    file_subject,
+    turn_subject,
+)
 from turnstream.domain.identities import is_tenant
 from turnstream.store.application import TurnstreamApplication
 
@@ -58,7 +66,8 @@ class _Owner(NamedTuple):
     """An aggregate's place in the subjects, as text, from its first event."""
 
     tenant: str
-    conversation_id: str
+    conversation_id: str | None
+    """None for a file (a file is its owner's, not a conversation's)."""
     turn_id: str | None
     id: str
     subject: str
@@ -73,7 +82,7 @@ class _Wire(msgspec.Struct):
     id: str
     type: str
     tenant: str
-    conversation_id: str
+    conversation_id: str | None
     turn_id: str | None
     seq: int
     position: int
@@ -127,14 +136,18 @@ class Messages:
             for originator_id, topic, state in cur.fetchall():
                 head = _head.decode(state)
                 if head.tenant is not None:
-                    self._remember(originator_id, topic in TURN_TOPICS, head)
+                    self._remember(originator_id, topic, head)
 
-    def _remember(self, aggregate_id: UUID, is_turn: bool, first: _Head) -> _Owner:
-        """Note what the subject and envelope of an aggregate's events need, from its first."""
+    def _remember(self, aggregate_id: UUID, topic: str, first: _Head) -> _Owner:
+        """Note what the subject and envelope of an aggregate's events need, from its
+        first (of topic ``topic``: a turn's, a file's or a conversation's)."""
         assert first.tenant is not None
         text = str(aggregate_id)
         encoded = not is_tenant(first.tenant)
-        if is_turn:
+        if topic in FILE_TOPICS:
+            subject = file_subject(self.prefix, first.tenant, aggregate_id, "")
+            owner = _Owner(first.tenant, None, None, text, subject, encoded)
+        elif topic in TURN_TOPICS:
             assert first.conversation_id is not None
             conversation_id = str(first.conversation_id)
             subject = turn_subject(
@@ -170,9 +183,7 @@ class Messages:
             state = row.state
             head = _head.decode(state)
             if row.version == 1 and head.tenant is not None:
-                owner: _Owner | None = self._remember(
-                    row.originator_id, row.topic in TURN_TOPICS, head
-                )
+                owner: _Owner | None = self._remember(row.originator_id, row.topic, head)
             else:
                 owner = owners.get(row.originator_id)
             if owner is None:

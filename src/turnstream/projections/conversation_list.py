@@ -2,7 +2,9 @@
 
 Activity is creation, a rename, and a turn starting or ending; the list
 is read with keyset pagination on ``(updated_at, id)``. A deleted conversation leaves
-the list (its events stay in the log).
+the list (its events stay in the log). ``attachment_count`` is the files its user
+messages list, over all its turns (every branch: as ``message_count``), so a list can
+show which conversations hold files without reading their trees.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class ConversationList(BatchProjection):
             "id uuid PRIMARY KEY, tenant text NOT NULL, owner text NOT NULL,"
             " title text, model text NOT NULL, created_at timestamptz NOT NULL,"
             " updated_at timestamptz NOT NULL, message_count integer NOT NULL DEFAULT 0,"
-            " active_turn_id uuid"
+            " active_turn_id uuid, attachment_count integer NOT NULL DEFAULT 0"
         ),
     }
     indexes = (
@@ -33,6 +35,8 @@ class ConversationList(BatchProjection):
         ("conversation_list", "active_turn_id"),
     )
     reads = ("conversation_list",)
+    added = (("conversation_list", "attachment_count integer NOT NULL DEFAULT 0"),)
+    """A generation made before counts 0 files everywhere, which is what it had."""
 
     def changes(self, event: DomainEvent, position: int) -> list[Op]:
         if isinstance(event, Turn.Started):
@@ -40,10 +44,12 @@ class ConversationList(BatchProjection):
                 (
                     self.q(
                         "UPDATE {conversation_list} SET message_count = message_count + %s, "
-                        "active_turn_id = %s, updated_at = greatest(updated_at, %s) WHERE id = %s"
+                        "attachment_count = attachment_count + %s, active_turn_id = %s, "
+                        "updated_at = greatest(updated_at, %s) WHERE id = %s"
                     ),
                     (
                         NEW_MESSAGES[event.mode],
+                        len(event.attachments),
                         event.originator_id,
                         event.timestamp,
                         event.conversation_id,

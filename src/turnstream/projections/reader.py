@@ -19,9 +19,11 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 from psycopg.sql import SQL, Composable, Identifier
 
+from turnstream.projections.attachments import with_attachments
 from turnstream.projections.base import channel
 from turnstream.projections.registry import PROJECTIONS
 from turnstream.projections.tree_steps import with_parts
+from turnstream.projections.usage import STORED
 from turnstream.store.application import APP_NAME, TurnstreamApplication
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,8 @@ class Reader:
             parts.format(steps=steps, calls=calls, only=SQL(" AND message_id = %s"))
         )
         columns = SQL(
-            "SELECT id, title, model, created_at, updated_at, message_count, active_turn_id FROM {}"
+            "SELECT id, title, model, created_at, updated_at, message_count, active_turn_id,"
+            " attachment_count FROM {}"
         ).format(view("conversation_list"))
         order = SQL(" ORDER BY updated_at DESC, id DESC LIMIT %s")
         self._list_first = render(columns + SQL(" WHERE tenant = %s AND owner = %s") + order)
@@ -117,6 +120,7 @@ class Reader:
                 " (('day', %s), ('week', %s)) GROUP BY period, period_start"
             ).format(view("usage_counters"))
         )
+        self._stored = render(SQL(STORED).format(usage_files=view("usage_files")))
 
     def _rows(self, query: Any, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with (
@@ -149,8 +153,8 @@ class Reader:
     ) -> tuple[int | None, dict[str, Any] | None, list[dict[str, Any]]]:
         """A conversation's tree in one round trip: (with ``pending``, what the tree view
         still lacks of it, as :meth:`pending`; its row, or None; its messages, each with
-        its ``parts``). A turn's start reads this: a round trip on a busy node also
-        waits for the GIL."""
+        its ``parts`` and ``attachments``). A turn's start reads this: a round trip on a
+        busy node also waits for the GIL."""
         with (
             self.app.store.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row) as lag,
@@ -170,7 +174,8 @@ class Reader:
                 row = lag.fetchone()
                 assert row is not None
                 behind = None if row[1] is None else int(row[1])
-            return behind, rows.fetchone(), with_parts(messages.fetchall(), parts.fetchall())
+            found = with_parts(messages.fetchall(), parts.fetchall())
+            return behind, rows.fetchone(), with_attachments(found)
 
     def _with_parts(
         self, query: bytes, params: tuple[Any, ...], parts: bytes, parts_params: tuple[Any, ...]
@@ -184,14 +189,15 @@ class Reader:
             with conn.pipeline():
                 messages.execute(query, params)
                 rows.execute(parts, parts_params)
-            return with_parts(messages.fetchall(), rows.fetchall())
+            return with_attachments(with_parts(messages.fetchall(), rows.fetchall()))
 
     def conversation(self, conversation_id: UUID) -> dict[str, Any] | None:
         rows = self._rows(self._conversation, (conversation_id,))
         return rows[0] if rows else None
 
     def messages(self, conversation_id: UUID) -> list[dict[str, Any]]:
-        """A conversation's messages in order, each with its ``parts``."""
+        """A conversation's messages in order, each with its ``parts`` and its
+        ``attachments`` (see ``attachments.of_row``)."""
         cid = conversation_id
         return self._with_parts(self._messages, (cid,), self._parts, (cid, cid))
 
@@ -209,6 +215,11 @@ class Reader:
 
     def usage(self, tenant: str, user_id: str, day: Any, week: Any) -> list[dict[str, Any]]:
         return self._rows(self._usage, (tenant, user_id, day, week))
+
+    def stored(self, tenant: str, user_id: str) -> tuple[int, int]:
+        """(the user's files, their stored bytes: each distinct content once)."""
+        row = self._rows(self._stored, (tenant, user_id))[0]
+        return int(row["files"]), int(row["bytes"])
 
 
 class Positions:

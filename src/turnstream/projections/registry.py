@@ -19,6 +19,7 @@ from turnstream.projections.base import (
     BatchProjection,
     ViewStore,
     registry_sql,
+    table_name,
     tracking_name,
 )
 from turnstream.projections.conversation_list import ConversationList
@@ -89,9 +90,10 @@ def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
             active = {str(r[0]): int(r[1]) for r in rows}
             for name, projection in PROJECTIONS.items():
                 if name in active:
-                    if _lacks_added_columns(conn, app, projection, active[name]):
-                        # Columns this version added, on a generation made before: add
-                        # them and re-make the views. Only then: ALTER TABLE and CREATE
+                    if _lacks_additions(conn, app, projection, active[name]):
+                        # Tables or columns this version added, on a generation made
+                        # before: add them and re-make the views. Only then: ALTER TABLE,
+                        # CREATE TABLE and CREATE
                         # VIEW lock out every reader, and readers may hold their locks
                         # while they wait for this very worker to start.
                         gen = active[name]
@@ -111,23 +113,34 @@ def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
     return active
 
 
-def _lacks_added_columns(
+def _lacks_additions(
     conn: psycopg.Connection[Any],
     app: TurnstreamApplication,
     projection: type[BatchProjection],
     generation: int,
 ) -> bool:
-    """Whether generation ``generation`` or its views lack a column of ``added``."""
+    """Whether generation ``generation`` or its views lack a table of ``tables`` (one
+    added after the generation was made, as ``usage_files``) or a column of ``added``."""
+    schema = app.store.datastore.schema
+    relations = [table_name(t, generation) for t in projection.tables] + list(projection.reads)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = %s AND table_name = ANY(%s)",
+            (schema, relations),
+        ).fetchall()
+    if set(relations) - {str(r[0]) for r in rows}:
+        return True
     if not projection.added:
         return False
     wanted = {(t, c.split()[0]) for t, c in projection.added}
-    wanted |= {(f"{t}__g{generation}", c) for t, c in wanted}
+    wanted |= {(table_name(t, generation), c) for t, c in wanted}
     with conn.cursor(row_factory=tuple_row) as cur:
         rows = cur.execute(
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = %s AND (table_name, column_name) IN"
             " (SELECT * FROM unnest(%s::text[], %s::text[]))",
-            (app.store.datastore.schema, [t for t, _ in wanted], [c for _, c in wanted]),
+            (schema, [t for t, _ in wanted], [c for _, c in wanted]),
         ).fetchall()
     found = {(str(r[0]), str(r[1])) for r in rows}
     return bool(wanted - found)

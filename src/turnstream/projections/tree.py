@@ -6,6 +6,9 @@ so tokens never touch this view; live text comes from the turn's stream. A messa
 ``ordinal`` is its turn's log position (doubled, the answer after the question), so the
 flat list is in creation order, the same in every rebuild.
 
+A user message lists the files attached to it (``attachments``, see ``attachments``),
+from its turn's ``Started``.
+
 A turn that calls tools also writes its steps and calls as they end (``tree_steps``),
 which make its answer's parts; its answer is ``waiting`` while the turn pauses.
 """
@@ -20,6 +23,7 @@ from turnstream.domain.conversation import Conversation
 from turnstream.domain.events import DomainEvent
 from turnstream.domain.turn import Turn
 from turnstream.projections import tree_steps
+from turnstream.projections.attachments import stored
 from turnstream.projections.base import BatchProjection, Op
 from turnstream.projections.tree_steps import STEP_TOPICS, jsonb, step_changes
 
@@ -50,7 +54,7 @@ class MessageTree(BatchProjection):
             " reasoning text NOT NULL, status text NOT NULL, model text,"
             " turn_id uuid NOT NULL, created_at timestamptz NOT NULL,"
             " prompt_tokens integer, completion_tokens integer, estimated boolean,"
-            " finish_reason text, error_code text, client_id text"
+            " finish_reason text, error_code text, client_id text, attachments jsonb"
         ),
         **tree_steps.TABLES,
     }
@@ -61,9 +65,15 @@ class MessageTree(BatchProjection):
         *tree_steps.INDEXES,
     )
     reads = ("tree_conversations", "tree_messages", *tree_steps.TABLES)
-    added = (("tree_messages", "client_id text"), ("tree_conversations", "tools jsonb"))
+    added = (
+        ("tree_messages", "client_id text"),
+        ("tree_conversations", "tools jsonb"),
+        ("tree_messages", "attachments jsonb"),
+    )
     """A generation made before gets ``tools`` where it is, and with it (``CREATE TABLE
-    IF NOT EXISTS``) the steps' tables: empty until a rebuild fills them."""
+    IF NOT EXISTS``) the steps' tables: empty until a rebuild fills them. It gets
+    ``attachments`` NULL on every message, which is what it had: no event before them
+    had any."""
 
     def storable_changes(self, event: DomainEvent, position: int) -> tuple[list[Op], bool]:
         """Also the JSON values (tools, a call's arguments and output) made storable."""
@@ -76,9 +86,9 @@ class MessageTree(BatchProjection):
             cid = event.conversation_id
             insert = self.q(
                 "INSERT INTO {tree_messages} (id, conversation_id, ordinal, parent_id, role, "
-                "content, reasoning, status, model, turn_id, created_at, client_id) SELECT %s, %s,"
-                " %s, %s, %s, %s, '', %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM "
-                "{tree_conversations} WHERE id = %s AND NOT deleted)"
+                "content, reasoning, status, model, turn_id, created_at, client_id, attachments) "
+                "SELECT %s, %s, %s, %s, %s, %s, '', %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT "
+                "1 FROM {tree_conversations} WHERE id = %s AND NOT deleted)"
             )
             ops: list[Op] = []
             answer_parent = event.parent_id
@@ -99,6 +109,7 @@ class MessageTree(BatchProjection):
                             event.originator_id,
                             event.timestamp,
                             event.client_message_id,
+                            stored(event.attachments),
                             cid,
                         ),
                     )
@@ -128,6 +139,7 @@ class MessageTree(BatchProjection):
                             event.model,
                             event.originator_id,
                             event.timestamp,
+                            None,
                             None,
                             cid,
                         ),

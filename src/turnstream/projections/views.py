@@ -20,6 +20,19 @@ MessageStatus = Literal["complete", "streaming", "waiting", "interrupted", "fail
 """``waiting``: the answer's turn pauses for tool results or approvals."""
 
 
+class AttachmentView(msgspec.Struct, kw_only=True):
+    """A file a user message lists: what a client shows of it; its bytes are at
+    ``GET /v1/files/{id}``."""
+
+    id: UUID
+    name: str
+    media_type: str
+    bytes: int
+    width: int | None
+    """An image's size in pixels; null for other files."""
+    height: int | None
+
+
 class MessageView(msgspec.Struct, kw_only=True):
     id: UUID
     parent_id: UUID | None
@@ -38,6 +51,8 @@ class MessageView(msgspec.Struct, kw_only=True):
     """The message in order: ``reasoning`` and ``text`` parts (``{"type", "text"}``),
     and for a turn that called tools, per step its reasoning, text and ``tool_call``
     parts (see ``projections.tree_steps``). A running answer has its finished steps'."""
+    attachments: list[AttachmentView] = msgspec.field(default_factory=list)
+    """The files attached to a user message, in the order given; empty otherwise."""
 
 
 class Waiting(msgspec.Struct, kw_only=True):
@@ -78,6 +93,8 @@ class ConversationItem(msgspec.Struct, kw_only=True):
     updated_at: datetime
     message_count: int
     active_turn_id: UUID | None
+    attachment_count: int = 0
+    """The files its user messages list, over all its turns."""
 
 
 class ConversationPage(msgspec.Struct, kw_only=True):
@@ -119,6 +136,7 @@ def message_views(rows: list[dict[str, Any]]) -> list[MessageView]:
             ),
             client_id=r.get("client_id"),
             parts=r["parts"] if "parts" in r else text_parts(r["reasoning"], r["content"]),
+            attachments=[AttachmentView(**a) for a in r.get("attachments") or ()],
         )
         for r in rows
     ]
@@ -158,6 +176,7 @@ def conversation_page(rows: list[dict[str, Any]], limit: int) -> ConversationPag
             updated_at=r["updated_at"],
             message_count=r["message_count"],
             active_turn_id=r["active_turn_id"],
+            attachment_count=r["attachment_count"],
         )
         for r in rows[:limit]
     ]
@@ -222,9 +241,19 @@ class GuestAllowance(msgspec.Struct, kw_only=True):
     remaining: int
 
 
+class StorageUsage(msgspec.Struct, kw_only=True):
+    """What the caller's files hold: each distinct content counted once, as it is stored
+    (the same bytes uploaded twice are stored once); deleted files not at all."""
+
+    bytes: int
+    files: int
+    """The caller's files that are not deleted."""
+
+
 class UsageReport(msgspec.Struct, kw_only=True):
     day: UsagePeriod
     week: UsagePeriod
     limits: UsageLimits
     guest: GuestAllowance | None
     """For guests: the messages they may send before they must sign in."""
+    storage: StorageUsage = msgspec.field(default_factory=lambda: StorageUsage(bytes=0, files=0))

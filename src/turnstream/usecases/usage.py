@@ -1,4 +1,5 @@
-"""What a caller has used this UTC day and ISO week, the limits that apply, and guests."""
+"""What a caller has used this UTC day and ISO week, the bytes their files hold, the
+limits that apply, and guests."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from turnstream.domain.errors import NotFound
 from turnstream.domain.events import utcnow
 from turnstream.domain.identities import check_tenant
 from turnstream.domain.periods import period_bounds, period_starts
-from turnstream.projections.views import GuestAllowance, UsageLimits, UsagePeriod, UsageReport
+from turnstream.projections.views import (
+    GuestAllowance,
+    StorageUsage,
+    UsageLimits,
+    UsagePeriod,
+    UsageReport,
+)
 from turnstream.settings import GuestSettings, LimitSettings
 from turnstream.store.admission import user_key
 from turnstream.store.application import TurnstreamApplication
@@ -39,10 +46,12 @@ class Usage:
         self.guests = guests
 
     async def report(self, caller: Caller) -> UsageReport:
-        """The caller's usage this UTC day and ISO week, with the limits and resets."""
+        """The caller's usage this UTC day and ISO week, with the limits and resets, and
+        the bytes their files hold."""
         await self.reads.caught_up("usage")
         day, week = period_starts(utcnow())
         rows = await self.run(self.reads.reader.usage, caller.tenant, caller.user_id, day, week)
+        files, stored = await self.run(self.reads.reader.stored, caller.tenant, caller.user_id)
         totals = {r["period"]: r for r in rows}
         limits = self.limit_settings
 
@@ -79,6 +88,7 @@ class Usage:
                 weekly_tokens=limits.weekly_tokens or None,
             ),
             guest=guest,
+            storage=StorageUsage(bytes=stored, files=files),
         )
 
     async def guest_allowed(self, client: str, tenant: str) -> None:
