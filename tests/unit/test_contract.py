@@ -16,7 +16,7 @@ from turnstream.bus.envelope import SUBJECT_TYPES
 from turnstream.domain.errors import TurnstreamError
 from turnstream.domain.modes import TurnRequest
 from turnstream.http.problems import ERRORS
-from turnstream.http.routes import chat, conversations, operations, tools, turns, usage
+from turnstream.http.routes import chat, conversations, files, operations, tools, turns, usage
 from turnstream.http.sse import SSE_EVENTS
 from turnstream.settings import ENV_PREFIX, known_names
 
@@ -39,13 +39,14 @@ def test_every_route_of_the_contract_is_served_and_every_served_route_is_in_it()
     served = set()
     for handler in [operations.healthz, operations.readyz, operations.metrics]:
         served |= {(m, p) for m in handler.http_methods for p in handler.paths}
-    for handler in conversations.ROUTES + turns.ROUTES + tools.ROUTES + chat.ROUTES + usage.ROUTES:
+    routes = conversations.ROUTES + turns.ROUTES + tools.ROUTES + chat.ROUTES + usage.ROUTES
+    for handler in routes + files.ROUTES:
         served |= {
             (m, "/v1" + re.sub(r"\{(\w+):\w+\}", r"{\1}", p))
             for m in handler.http_methods
             for p in handler.paths
         }
-    assert len(served) == 22
+    assert len(served) == 26
     assert promised - {("GET", "/schema/openapi.json")} == served
 
 

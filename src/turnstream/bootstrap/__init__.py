@@ -278,6 +278,7 @@ def assemble(
         lease=lease,
         sweeper=OrphanSweeper(app, node_id),
         limits=limits,
+        files=files,
         every_s=settings.turns.runner_check_interval_s,
     )
     runtime = Runtime(

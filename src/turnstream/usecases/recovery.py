@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from turnstream.domain.errors import ServiceUnavailable
 from turnstream.domain.turn import Turn, TurnEvent
@@ -20,6 +21,7 @@ from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
 from turnstream.store.lease import NodeLease, OrphanSweeper
 from turnstream.store.recorder import STORE_OUTAGE
+from turnstream.usecases.files import Files
 from turnstream.usecases.limits import Limits
 from turnstream.usecases.tooluse import end_expired_waits
 
@@ -28,6 +30,11 @@ log = logging.getLogger(__name__)
 
 def _lose_runner(turn: Turn) -> TurnEvent:
     return turn.lose_runner()
+
+
+CHUNK_SWEEP_EVERY_S = 600.0
+"""How often the chunks of uploads whose process died are looked for (a scan of the
+chunks table: rare, as such uploads are)."""
 
 
 class Recovery:
@@ -39,8 +46,11 @@ class Recovery:
         lease: NodeLease,
         sweeper: OrphanSweeper,
         limits: Limits,
+        files: Files,
         every_s: float,
     ) -> None:
+        self.files = files
+        self._swept_at = 0.0
         self.app = app
         self.gateway = gateway
         self.lease = lease
@@ -66,4 +76,8 @@ class Recovery:
             log.warning("turn %s: its runner's node is gone; ended", event.originator_id)
         timed_out = await run(end_expired_waits, self.app)
         await run(self.limits.forget_past)
+        if time.monotonic() - self._swept_at >= CHUNK_SWEEP_EVERY_S:
+            self._swept_at = time.monotonic()
+            if dropped := await self.files.sweep():
+                log.info("dropped %d chunks of uploads that never finished", dropped)
         return len(written) + len(timed_out)
