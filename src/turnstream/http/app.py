@@ -14,7 +14,16 @@ from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.openapi.spec import Components, OpenAPI, RequestBody, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
 
 from turnstream.http.bodies import BODIES, StrictRequest
 from turnstream.http.clients import parse_networks
@@ -39,6 +48,24 @@ def _finish_openapi(openapi: OpenAPI) -> None:
         guest.security = None
         if isinstance(guest.request_body, RequestBody):
             guest.request_body.required = False
+    # POST /v1/files reads its multipart body itself (streamed), so Litestar sees none.
+    item = (openapi.paths or {}).get("/v1/files")
+    if item is not None and item.post is not None:
+        item.post.request_body = RequestBody(
+            required=True,
+            description="One field `file`: the file (its type is read from its content).",
+            content={
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["file"],
+                        properties={
+                            "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                        },
+                    )
+                )
+            },
+        )
     document_problems(openapi)
     schemas = openapi.components.schemas or {}
     for body in BODIES:

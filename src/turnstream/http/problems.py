@@ -289,6 +289,8 @@ _EXTRA_PROBLEMS: dict[tuple[str, str], set[int]] = {
     ("post", "/v1/conversations/{cid}/turns"): {409, 410, 413, 422, 429},
     ("post", "/v1/chat"): {409, 410, 413, 422, 429},  # a turn's start, or the answers to one
     ("post", "/v1/guest"): {404, 429},
+    # An upload refused by its content, its size or the storage quota.
+    ("post", "/v1/files"): {400, 413, 415, 422, 429},
     # An answer the turn does not wait for; the turn's model gone when it goes on.
     ("post", "/v1/conversations/{cid}/turns/{tid}/tool-results"): {409, 410},
     ("post", "/v1/conversations/{cid}/turns/{tid}/approvals"): {409, 410},
