@@ -98,8 +98,9 @@ def test_the_demo_model_describes_the_attachments_and_the_tree_lists_them(
     with client(server) as c:
         ids = [upload(c, image, "chart.png"), upload(c, NOTES.encode(), "notes.md")]
         cid = conversation(c)
-        final = turn(c, cid, content="What are these?", attachments=ids)[-1]
-        text = final.data["text"]
+        frames = turn(c, cid, content="What are these?", attachments=ids)
+        assert [a["id"] for a in frames[0].data["attachments"]] == ids
+        text = frames[-1].data["text"]
         assert "You attached 2 files." in text
         assert f"chart.png: image/png, {len(image)} bytes, 64x48 pixels" in text
         assert "notes.md: text/markdown" in text

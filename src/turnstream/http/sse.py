@@ -52,6 +52,17 @@ def _started(e: Turn.Started) -> dict[str, Any]:
         "model": e.model,
         "request_id": e.request_id,
         "created_at": _iso(e.timestamp),
+        "attachments": [
+            {
+                "id": str(a.id),
+                "name": a.name,
+                "media_type": a.media_type,
+                "bytes": a.bytes,
+                "width": a.width,
+                "height": a.height,
+            }
+            for a in e.attachments
+        ],
     }
 
 
