@@ -10,6 +10,10 @@ Each service is obtained the first way that works, in this order:
 
 Services start lazily: a run that asks for neither fixture starts nothing, and NATS is
 started only if some test asks for ``nats_url``.
+
+The suite runs on two pytest-xdist workers, and each worker is a session of its own: it
+starts its own embedded servers (in its own temp dir, on free ports of their own), and
+every test's schema and NATS stream has a random name, so workers never share either.
 """
 
 from __future__ import annotations

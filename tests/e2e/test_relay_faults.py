@@ -360,6 +360,10 @@ def test_two_relays_that_both_lead_still_publish_each_event_once(
     conversations = [new_conversation(server) for _ in range(6)]
     settings = {"TURNSTREAM_RELAY_BATCH": "100"}
     relays = [make_relay(rogue=True, **settings), make_relay(rogue=True, **settings)]
+    # Both lead before the traffic starts: on a loaded machine one relay process can take
+    # longer to start than the other takes to publish every event.
+    for relay in relays:
+        relay.wait_log("relay active for stream")
 
     for _ in range(2):
         run_turns(server, conversations)

