@@ -14,7 +14,9 @@ sends, against the stored tree, so a chat turn is an ordinary turn:
   its own, or of the latest answer.
 
 The client's message id is kept on the turn (``client_message_id``) so the tree answers
-in the client's ids as well as ours.
+in the client's ids as well as ours. The last user message's files (:class:`ChatFile`)
+become the new user message's attachments once the turn is placed: a ``retry`` makes
+no user message, so a resent message uploads nothing again.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ def check_chat_id(text: str) -> str:
     return text
 
 
+class ChatFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``file`` part of the last user message: a file of the caller's on this server,
+    or a data URL to upload (never another URL: nothing is fetched)."""
+
+    file_id: UUID | None = None
+    data_url: str | None = None
+    name: str | None = None
+    """The part's ``filename`` (the upload's name)."""
+
+
 class ChatTurn(msgspec.Struct, frozen=True, kw_only=True):
     """What a chat client asks of a turn, before it is placed in the tree."""
 
@@ -61,6 +73,8 @@ class ChatTurn(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
     tools: list[ToolSpec] | None = None
     """The client tools the turn offers (None: the conversation's)."""
+    files: tuple[ChatFile, ...] = ()
+    """The last user message's files, in the order of its parts."""
 
 
 def _find(messages: dict[UUID, Row], ref: str, role: str) -> Row | None:
@@ -101,8 +115,8 @@ def chat_request(chat: ChatTurn, messages: dict[UUID, Row], leaf: UUID | None) -
                 raise Invalid("Nothing to regenerate: this chat has no answer yet.")
         return TurnRequest(mode="retry", message_id=target["id"], **common)
     text = (chat.text or "").strip()
-    if not text:
-        raise Invalid("The last message must be a user message with text.")
+    if not text and not chat.files:
+        raise Invalid("The last message must be a user message with text or files.")
     stored = _find(messages, chat.client_message_id, "user") if chat.client_message_id else None
     if stored is None:
         return TurnRequest(content=text, client_message_id=chat.client_message_id, **common)

@@ -33,6 +33,7 @@ from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
 from turnstream.http.routes import chat, conversations, files, operations, tools, turns, usage
 from turnstream.http.tickets import provide_stream_caller
 from turnstream.settings import BrowserSettings, GuestSettings, ServerSettings, SseSettings
+from turnstream.usecases.files import Files
 from turnstream.usecases.services import Services
 
 Hook = Callable[[], Awaitable[None]]
@@ -73,6 +74,20 @@ def _finish_openapi(openapi: OpenAPI) -> None:
             schemas[body.__name__].additional_properties = False  # unknown fields are a 400
 
 
+DEFAULT_FILES = 10
+"""Files a chat body makes room for when the files per message are not limited."""
+
+
+def chat_body_bytes(max_body_bytes: int, files: Files) -> int | None:
+    """The largest ``POST /v1/chat`` body: the others' limit, and room for a message's
+    files as base64 data URLs (what ``useChat`` sends); None when files have no size
+    limit, as uploads then have none."""
+    if not files.max_bytes:
+        return None
+    per_file = -(-files.max_bytes // 3) * 4 + 1024  # base64, and the URL's header
+    return max_body_bytes + (files.per_message or DEFAULT_FILES) * per_file
+
+
 def create_app(
     services: Services,
     *,
@@ -85,13 +100,14 @@ def create_app(
     on_shutdown: Hook | None = None,
 ) -> Litestar:
     """The Litestar app over ``services``; ``on_startup``/``on_shutdown`` run the node."""
+    chat_body = chat_body_bytes(server.max_body_bytes, services.files)
     v1 = Router(
         path="/v1",
         route_handlers=[
             *conversations.ROUTES,
             *turns.ROUTES,
             *tools.ROUTES,
-            *chat.ROUTES,
+            Router(path="/", route_handlers=chat.ROUTES, request_max_body_size=chat_body),
             *usage.ROUTES,
             *files.ROUTES,
         ],

@@ -35,10 +35,13 @@ class UiApproval(msgspec.Struct, kw_only=True):
 
 
 class UiPart(msgspec.Struct, kw_only=True):
-    """A part of a UI message: text parts and tool parts are read."""
+    """A part of a UI message: text parts, file parts and tool parts are read."""
 
     type: str
     text: str | None = None
+    url: str | None = None
+    """A file part's URL (``http.uifiles``); its ``mediaType`` is not read."""
+    filename: str | None = None
     toolCallId: str | None = None
     state: str | None = None
     output: Any = None

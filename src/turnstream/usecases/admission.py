@@ -10,6 +10,7 @@ same turn, whichever node recorded it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -20,7 +21,7 @@ from eventsourcing.persistence import IntegrityError
 from turnstream.bus.local import LocalBus
 from turnstream.domain.attachments import Attachment
 from turnstream.domain.callers import Caller
-from turnstream.domain.chats import ChatTurn, chat_request
+from turnstream.domain.chats import ChatFile, ChatTurn, chat_request
 from turnstream.domain.errors import (
     ConversationFull,
     InputTooLong,
@@ -43,11 +44,14 @@ from turnstream.store.application import TurnstreamApplication
 from turnstream.store.gateway import StoreGateway
 from turnstream.store.starts import StartBatcher
 from turnstream.store.writer import GroupWriter
+from turnstream.usecases.chatfiles import attach, forget
 from turnstream.usecases.conversations import ReadModel
 from turnstream.usecases.files import Files
 from turnstream.usecases.limits import Limits
 from turnstream.usecases.registry import RunningTurn
 from turnstream.usecases.runner import TurnRunner
+
+Row = dict[str, Any]
 
 
 def model_input(
@@ -141,12 +145,40 @@ class TurnStarter:
         ``client``: the client's address, for the per-address rate limit.
         """
         conversation, stored = await self.reads.tree(caller, conversation_id)
+        chat_files: tuple[ChatFile, ...] = ()
         if isinstance(request, ChatTurn):
             tree = {m["id"]: m for m in stored}
+            chat_files = request.files
             request = chat_request(request, tree, conversation["current_leaf_id"])
         turn_id = stable_id(conversation_id, request.request_id) if request.request_id else uuid7()
         if request.request_id and await self._is_turn_of(turn_id, conversation_id):
             return StartedTurn(turn_id)
+        if not chat_files or request.mode not in ("message", "edit"):
+            return await self._admit(
+                caller, conversation_id, conversation, stored, request, turn_id, client
+            )
+        # A chat's files: uploaded now, and deleted again if the turn is refused.
+        attached = await attach(self.files, caller, chat_files)
+        request = msgspec.structs.replace(request, attachments=attached.ids)
+        try:
+            return await self._admit(
+                caller, conversation_id, conversation, stored, request, turn_id, client
+            )
+        except BaseException:
+            await asyncio.shield(forget(self.files, caller, attached.uploaded))
+            raise
+
+    async def _admit(
+        self,
+        caller: Caller,
+        conversation_id: UUID,
+        conversation: Row,
+        stored: list[Row],
+        request: TurnRequest,
+        turn_id: UUID,
+        client: str,
+    ) -> StartedTurn:
+        """The checks after the turn is placed, then its start recorded and launched."""
         limit = self.message_chars
         if limit and request.content is not None and len(request.content) > limit:
             raise PayloadTooLarge(f"A message has at most {limit} characters.", max_chars=limit)

@@ -27,7 +27,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from turnstream.domain.callers import Caller
-from turnstream.domain.chats import ChatTrigger, ChatTurn
+from turnstream.domain.chats import ChatFile, ChatTrigger, ChatTurn
 from turnstream.domain.errors import Invalid, ToolCallNotPending, TurnInProgress, TurnNotWaiting
 from turnstream.domain.tools import ToolSpec
 from turnstream.http.dependencies import (
@@ -38,6 +38,7 @@ from turnstream.http.dependencies import (
     sse_settings,
 )
 from turnstream.http.tickets import StreamCaller
+from turnstream.http.uifiles import chat_files
 from turnstream.http.uimessages import ClientId, UiMessage, answers
 from turnstream.http.uistream import HEADERS, ui_frames
 from turnstream.usecases.chats import chat_conversation_id
@@ -66,7 +67,8 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     def last(self) -> UiMessage | None:
         return self.message or (self.messages[-1] if self.messages else None)
 
-    def turn(self) -> ChatTurn:
+    def turn(self, files: tuple[ChatFile, ...] = ()) -> ChatTurn:
+        """The turn asked for; ``files``: its last user message's (``http.uifiles``)."""
         last = self.last
         user = last if last is not None and last.role == "user" else None
         if self.trigger == "submit-message" and user is None:
@@ -79,6 +81,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
             request_id=self.request_id,
             model=self.model,
             tools=self.tools,
+            files=files,
         )
 
 
@@ -102,7 +105,9 @@ async def chat(
     last = data.last
     if data.trigger == "submit-message" and last is not None and last.calls_tools:
         return await answer_chat(request, services, caller, data.id, last)
-    turn_request = data.turn()
+    user = last if last is not None and last.role == "user" else None
+    submits = data.trigger == "submit-message" and user is not None
+    turn_request = data.turn(chat_files(request, user) if submits and user else ())
     cid = await services.chats.open(caller, data.id, model=data.model)
     turn = await services.turns.start(caller, cid, turn_request, client=client_of(request))
     events = services.follower.follow(caller.tenant, cid, turn.turn_id, 0, turn.known)
