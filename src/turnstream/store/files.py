@@ -27,6 +27,7 @@ from psycopg import ClientCursor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composable, Composed, Identifier
 
+from turnstream.domain.files import File, FileRef
 from turnstream.store.transactions import explicit_transaction
 
 Row = tuple[UUID | str, int, str, bytes]
@@ -48,6 +49,37 @@ class FileRow(NamedTuple):
     created_at: datetime
     deleted: bool
     version: int
+
+    @classmethod
+    def of(cls, uploaded: File.Uploaded) -> FileRow:
+        """The index row a ``file.uploaded`` adds."""
+        return cls(
+            file_id=uploaded.originator_id,
+            tenant=uploaded.tenant,
+            owner=uploaded.owner,
+            name=uploaded.name,
+            media_type=uploaded.media_type,
+            bytes=uploaded.bytes,
+            sha256=uploaded.sha256,
+            width=uploaded.width,
+            height=uploaded.height,
+            created_at=uploaded.timestamp,
+            deleted=False,
+            version=1,
+        )
+
+    @property
+    def ref(self) -> FileRef:
+        """The file as a message refers to it."""
+        return FileRef(
+            id=self.file_id,
+            name=self.name,
+            media_type=self.media_type,
+            bytes=self.bytes,
+            sha256=self.sha256,
+            width=self.width,
+            height=self.height,
+        )
 
 
 class Refused(NamedTuple):

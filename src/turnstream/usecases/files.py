@@ -77,18 +77,6 @@ def file_view(row: FileRow) -> FileView:
     )
 
 
-def file_ref(row: FileRow) -> FileRef:
-    return FileRef(
-        id=row.file_id,
-        name=row.name,
-        media_type=row.media_type,
-        bytes=row.bytes,
-        sha256=row.sha256,
-        width=row.width,
-        height=row.height,
-    )
-
-
 class Files:
     def __init__(
         self, *, app: TurnstreamApplication, gateway: StoreGateway, limits: LimitSettings
@@ -119,20 +107,7 @@ class Files:
                 width=sniffed.width,
                 height=sniffed.height,
             )
-            row = FileRow(
-                file_id=uploaded.originator_id,
-                tenant=uploaded.tenant,
-                owner=uploaded.owner,
-                name=uploaded.name,
-                media_type=uploaded.media_type,
-                bytes=size,
-                sha256=sha256,
-                width=uploaded.width,
-                height=uploaded.height,
-                created_at=uploaded.timestamp,
-                deleted=False,
-                version=1,
-            )
+            row = FileRow.of(uploaded)
             done = await self.run(
                 self.app.store.finish_upload,
                 blob_id,
@@ -231,7 +206,7 @@ class Files:
             row = rows.get(file_id)
             if row is None or row.deleted or not caller.may(row.tenant, row.owner):
                 raise FileNotFound(file_id)
-            refs.append(file_ref(row))
+            refs.append(row.ref)
         return tuple(refs)
 
     def check_model(self, refs: Sequence[FileRef], model: ModelConfig) -> None:
@@ -283,7 +258,7 @@ def load_for_model(
             if row is None or row.deleted:
                 notes.append(f"[The attached file {attachment.ref.name} has been deleted.]")
                 continue
-            ref = file_ref(row)
+            ref = row.ref
             if ref.kind == "image" and VISION not in model.supports:
                 notes.append(f"[An image, {ref.name}, is left out: this model takes no images.]")
                 continue
