@@ -75,6 +75,7 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 FRESH = {("delete", "/v1/conversations/{cid}"), ("patch", "/v1/conversations/{cid}")}
+FRESH_FILE = {("delete", "/v1/files/{fid}")}
 """Operations that change their conversation get one of their own."""
 
 
@@ -146,10 +147,16 @@ class World:
     ops: list[Operation]
     cid: str
     tid: str
+    fid: str
     guest_token: str
 
     def conversation(self) -> str:
         r = self.client.post("/v1/conversations", json={})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def file(self) -> str:
+        r = self.client.post("/v1/files", files={"file": ("note.txt", b"A note.", "text/plain")})
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
@@ -164,7 +171,9 @@ def world(api: Served) -> Iterator[World]:
         assert "event: final" in r.text, r.text
         tid = r.text.split('"turn_id":"', 1)[1].split('"', 1)[0]
         guest = httpx.post(f"{api.base_url}/v1/guest", json={}).json()["token"]
-        yield World(api, client, operations(doc), cid, tid, guest)
+        world = World(api, client, operations(doc), cid, tid, "", guest)
+        world.fid = world.file()
+        yield world
 
 
 def hostile_token(world: World, value: str, claim: str) -> str:
@@ -184,7 +193,8 @@ def test_no_hostile_input_is_a_500(world: World, data: st.DataObject) -> None:
     op = data.draw(st.sampled_from(world.ops), label="operation")
     where, name = data.draw(st.sampled_from(op.inputs), label="input")
     cid = world.conversation() if (op.method, op.path) in FRESH else world.cid
-    path_params = {"cid": cid, "tid": world.tid, "id": "hostile"}
+    fid = world.file() if (op.method, op.path) in FRESH_FILE else world.fid
+    path_params = {"cid": cid, "tid": world.tid, "fid": fid, "id": "hostile"}
     headers: dict[str, Any] = {}
     if name == "X-Guest-Token" or "claim" in op.path:
         headers["X-Guest-Token"] = world.guest_token
