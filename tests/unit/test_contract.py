@@ -46,7 +46,7 @@ def test_every_route_of_the_contract_is_served_and_every_served_route_is_in_it()
             for m in handler.http_methods
             for p in handler.paths
         }
-    assert len(served) == 26
+    assert len(served) == 27
     assert promised - {("GET", "/schema/openapi.json")} == served
 
 

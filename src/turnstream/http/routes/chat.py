@@ -4,11 +4,12 @@
 chat's turn waits and the posted assistant message answers its tool calls, records the
 answers and answers with the rest of that turn; ``GET /v1/chat/{id}/stream`` is what
 ``useChat({resume: true})`` asks on mount; ``POST /v1/chat/{id}/stop`` is a stop
-button's call. Each is the same turn lifecycle as ``/v1/conversations/…``: the chat id
-names a conversation (``usecases.chats``), the body becomes an ordinary turn request
-(``domain.chats``) or the answers of ``POST …/tool-results`` and ``…/approvals``
-(``usecases.tooluse``), the stream is the followed turn in another encoding
-(``http.uistream``).
+button's call; ``GET /v1/chat/{id}/messages`` is the chat's history as UI messages
+(``http.uihistory``), what a page opened again gives ``useChat({messages})``. Each is
+the same turn lifecycle as ``/v1/conversations/…``: the chat id names a conversation
+(``usecases.chats``), the body becomes an ordinary turn request (``domain.chats``) or
+the answers of ``POST …/tool-results`` and ``…/approvals`` (``usecases.tooluse``), the
+stream is the followed turn in another encoding (``http.uistream``).
 
 The approval chunks are known to ai >= 6 only (5.0.0 refuses them): a client that
 knows them says so with ``X-Turnstream-Tool-Approvals: 1``, which the transport's
@@ -39,6 +40,7 @@ from turnstream.http.dependencies import (
 )
 from turnstream.http.tickets import StreamCaller
 from turnstream.http.uifiles import chat_files
+from turnstream.http.uihistory import UiDict, ui_history
 from turnstream.http.uimessages import ClientId, UiMessage, answers
 from turnstream.http.uistream import HEADERS, ui_frames
 from turnstream.usecases.chats import chat_conversation_id
@@ -221,4 +223,19 @@ async def stop_chat(services: Services, caller: Caller, id: str) -> ChatStop:
     return ChatStop(chat_id=chat_id, turn_id=str(turn_id), status="cancelling")
 
 
-ROUTES = [chat, chat_stream, stop_chat]
+@get(
+    "/chat/{id:str}/messages",
+    tags=["chat"],
+    summary="A chat's messages as the AI SDK's UIMessage list (empty for a new chat)",
+)
+async def chat_messages(
+    request: Request[Any, Any, Any], services: Services, caller: Caller, id: str
+) -> list[UiDict]:
+    cid = await services.chats.find(caller, id, read=True)
+    if cid is None:
+        return []  # as a chat not made yet: an id names nothing of anyone else's
+    view = await services.conversations.view(caller, cid)
+    return ui_history(view, approvals=knows_approvals(request))
+
+
+ROUTES = [chat, chat_stream, stop_chat, chat_messages]
