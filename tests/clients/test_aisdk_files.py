@@ -34,8 +34,11 @@ def server(
         yield server
 
 
-def run_files(server: InProcessServer, version: str, chat_id: str, sends: list[Any]) -> list[Any]:
-    payload = {
+def run_files(
+    server: InProcessServer, version: str, chat_id: str, sends: list[Any], **extra: Any
+) -> list[Any]:
+    """files.mjs's printed items; ``extra``: more of its spec (``initial``)."""
+    payload = extra | {
         "version": version,
         "base": server.base_url,
         "token": server.token("acme", "alice"),

@@ -2,7 +2,10 @@
 // Vue bindings make it) against turnstream, as JSON lines on stdout.
 //
 // node files.mjs '<spec>' (or the spec on stdin), spec:
-//   {version: "ai5"|"ai6"|"ai7", base, token, chatId, sends: [{text?, files?, parts?}]}
+//   {version: "ai5"|"ai6"|"ai7", base, token, chatId, sends: [{text?, files?, parts?}],
+//    initial?}
+// `initial`: the messages the chat starts with (useChat({messages})), first checked by
+// the SDK's validateUIMessages where it has one (ai >= 6), which prints {validated: n};
 // each send is one chat.sendMessage({text, files}): `files` ([{name, type, base64}]) are
 // given as a FileList, as a browser's <input type="file"> gives them (Node has no FileList
 // nor FileReader: the two small classes below stand in for the browser's), so the SDK
@@ -43,7 +46,9 @@ globalThis.FileReader = class FileReader {
 class State {
   status = "ready";
   error = undefined;
-  messages = [];
+  constructor(messages = []) {
+    this.messages = messages;
+  }
   pushMessage = (message) => void (this.messages = this.messages.concat(message));
   popMessage = () => void (this.messages = this.messages.slice(0, -1));
   replaceMessage = (index, message) =>
@@ -53,7 +58,7 @@ class State {
 
 class Chat extends ai.AbstractChat {
   constructor(init) {
-    super({ ...init, state: new State() });
+    super({ ...init, state: new State(init.messages) }); // as the React binding's state
   }
 }
 
@@ -62,8 +67,17 @@ async function recording(url, init) {
   return fetch(url, init);
 }
 
+if (spec.initial && ai.validateUIMessages) {
+  try {
+    print({ validated: (await ai.validateUIMessages({ messages: spec.initial })).length });
+  } catch (e) {
+    errors.push(`validateUIMessages: ${errorText(e)}`);
+  }
+}
+
 const chat = new Chat({
   id: spec.chatId,
+  messages: spec.initial,
   transport: new ai.DefaultChatTransport({
     api: `${spec.base}/v1/chat`,
     headers: { Authorization: `Bearer ${spec.token}` },
