@@ -30,7 +30,16 @@ from turnstream.http.clients import parse_networks
 from turnstream.http.cors import cors_config
 from turnstream.http.dependencies import provide_caller, provide_services
 from turnstream.http.problems import EXCEPTION_HANDLERS, document_problems
-from turnstream.http.routes import chat, conversations, files, operations, tools, turns, usage
+from turnstream.http.routes import (
+    chat,
+    conversations,
+    files,
+    operations,
+    playground,
+    tools,
+    turns,
+    usage,
+)
 from turnstream.http.tickets import provide_stream_caller
 from turnstream.settings import BrowserSettings, GuestSettings, ServerSettings, SseSettings
 from turnstream.usecases.files import Files
@@ -119,7 +128,13 @@ def create_app(
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[operations.healthz, operations.readyz, operations.metrics, v1],
+        route_handlers=[
+            operations.healthz,
+            operations.readyz,
+            operations.metrics,
+            v1,
+            *(playground.ROUTES if browsers.playground else []),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=StrictRequest,
         on_startup=[on_startup] if on_startup else [],

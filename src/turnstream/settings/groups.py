@@ -213,16 +213,23 @@ class BrowserSettings(
     Group,
     frozen=True,
     kw_only=True,
-    rename={"cors_origins": "CORS_ORIGINS", "stream_ticket_ttl_s": "STREAM_TICKET_TTL_S"},
+    rename={
+        "cors_origins": "CORS_ORIGINS",
+        "stream_ticket_ttl_s": "STREAM_TICKET_TTL_S",
+        "playground": "PLAYGROUND",
+    },
 ):
-    """What browser front ends on other origins need: CORS, and stream tickets for their
-    own ``EventSource``, which cannot send an ``Authorization`` header."""
+    """What browsers need: CORS and stream tickets for front ends on other origins
+    (their own ``EventSource`` cannot send an ``Authorization`` header), and the
+    playground page of this one."""
 
     cors_origins: str = ""
     """Comma-separated origins (``https://chat.example.com``) whose pages may call the API;
     empty: CORS off."""
     stream_ticket_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 600
     """How long a stream ticket (``?ticket=`` on a conversation's GET streams) is valid."""
+    playground: bool = True
+    """Serve the playground page at ``/`` and ``/playground``."""
 
     def origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
