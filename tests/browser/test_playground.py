@@ -1,0 +1,421 @@
+"""The playground page (``/playground``) in a real Chromium, against the service itself.
+
+The page is same-origin with the API and a client of it like any other, so each test
+drives it as a person would (type, press Enter, click) and holds what it shows against
+what the API stores: the answer's text against the turn's ``final`` frame, its frames
+against the turn's events. The demo model is offline and deterministic; its pace
+(``TURNSTREAM_DEMO_TOKENS_PER_S``) makes a turn last long enough to reload or stop it.
+
+Every wait is on a DOM state (``expect``, ``wait_for_function``), never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
+
+from tests.api.conftest import ServerFactory
+from tests.support.inprocess import InProcessServer
+from tests.support.mcp_server import models_entry
+from tests.support.server import Frame, parse_sse
+
+WAIT_MS = 20_000
+# A busy machine (a CI run beside this one) is slow to paint: wait long, never sleep.
+expect.set_options(timeout=WAIT_MS)
+
+ANSWER = "#messages article.message[data-role=assistant]"
+QUESTION = "#messages article.message[data-role=user]"
+ASK = "Tell me about event sourcing."
+FAST = {"TURNSTREAM_DEMO_TOKENS": "24", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"}
+SLOW = {"TURNSTREAM_DEMO_TOKENS": "200", "TURNSTREAM_DEMO_TOKENS_PER_S": "20"}
+"""About ten seconds of answer: time to reload or stop in the middle of it."""
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def fast(make_server: ServerFactory) -> InProcessServer:
+    return make_server(**FAST)
+
+
+@pytest.fixture
+def paced(make_server: ServerFactory) -> InProcessServer:
+    """About four seconds of answer: long enough to see it stream."""
+    return make_server(TURNSTREAM_DEMO_TOKENS="60", TURNSTREAM_DEMO_TOKENS_PER_S="15")
+
+
+@pytest.fixture
+def slow(make_server: ServerFactory) -> InProcessServer:
+    return make_server(**SLOW)
+
+
+@pytest.fixture
+def tools(make_server: ServerFactory, tmp_path: Path) -> InProcessServer:
+    """The demo model with the test MCP server's tools; ``weather`` needs approval."""
+    models = tmp_path / "models.toml"
+    models.write_text(
+        models_entry("tools", ["weather"])
+        + '\n[[models]]\nid = "demo"\nprovider = "demo"\ndefault = true\n'
+        + 'mcp_servers = ["tools"]\n'
+    )
+    return make_server(TURNSTREAM_MODELS=str(models), **FAST)
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser context (its own sessionStorage), the README's window size. The
+    servers' fixtures come first in each test: they start before Playwright's loop runs
+    on this thread, and stop after it has closed (see ``browser``)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def open_playground(
+    context: BrowserContext, server: InProcessServer, user: str = "alice", cid: str | None = None
+) -> Page:
+    """A new page of ``context`` at ``/playground#token=…`` (``&c=`` to open ``cid``),
+    once it has moved the token out of the address."""
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    fragment = f"token={server.token('acme', user)}" + (f"&c={cid}" if cid else "")
+    page.goto(f"{server.base_url}/playground#{fragment}")
+    page.wait_for_function("() => !location.hash.includes('token=')")
+    return page
+
+
+def send(page: Page, text: str) -> None:
+    page.locator("#message").fill(text)
+    page.locator("#message").press("Enter")
+
+
+def open_cid(page: Page) -> str:
+    """The open conversation's id, from the address the page rewrote to ``#c=<cid>``."""
+    page.wait_for_function("() => /^#c=[0-9a-f-]{36}$/.test(location.hash)")
+    return str(page.evaluate("() => location.hash.slice(3)"))
+
+
+def wait_streaming(page: Page) -> str:
+    """Wait until the answer is streaming with some text shown; returns that text."""
+    page.wait_for_function(
+        """sel => { const a = document.querySelector(sel);
+                    return !!a && a.dataset.status === "streaming"
+                        && a.querySelector(".content").textContent.length > 0; }""",
+        arg=ANSWER,
+    )
+    return str(page.locator(f"{ANSWER} .content").text_content())
+
+
+def api(server: InProcessServer, path: str, user: str = "alice") -> Any:
+    r = httpx.get(f"{server.base_url}{path}", headers=server.headers("acme", user), timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def stored(server: InProcessServer, cid: str, mid: str | None) -> dict[str, Any]:
+    """The message ``mid`` as the API stores it."""
+    messages = api(server, f"/v1/conversations/{cid}")["messages"]
+    found: dict[str, Any] = next(m for m in messages if m["id"] == mid)
+    return found
+
+
+def turn_frames(server: InProcessServer, cid: str, tid: str) -> list[Frame]:
+    """All of a finished turn's frames, from its events stream."""
+    with httpx.stream(
+        "GET",
+        f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/events",
+        headers=server.headers(),
+        timeout=30,
+    ) as r:
+        assert r.status_code == 200, r.read()
+        return [f for f in parse_sse(r.iter_lines()) if isinstance(f, Frame)]
+
+
+def finished_answer(page: Page, server: InProcessServer, cid: str, status: str) -> Frame:
+    """Wait for the answer to reach ``status``; returns its turn's ``final`` frame, after
+    checking that the page shows exactly its text and the API stores the same."""
+    answer = page.locator(ANSWER)
+    expect(answer).to_have_attribute("data-status", status)
+    message = stored(server, cid, answer.get_attribute("data-id"))
+    final = turn_frames(server, cid, message["turn_id"])[-1]
+    assert final.event == "final"
+    expect(answer.locator(".content")).to_have_text(final.data["text"])
+    assert answer.locator(".content").text_content() == final.data["text"] == message["content"]
+    return final
+
+
+def test_a_sent_message_streams_its_answer_and_the_title_arrives(
+    paced: InProcessServer, context: BrowserContext
+) -> None:
+    server = paced
+    page = open_playground(context, server)
+    expect(page.locator("#title")).to_have_text("New conversation")
+    send(page, ASK)
+
+    # The answer is seen while it streams (some text, not the whole), then complete.
+    partial = wait_streaming(page)
+    expect(page.locator("#status")).to_have_attribute("data-state", "streaming")
+    cid = open_cid(page)
+    final = finished_answer(page, server, cid, "complete")
+    assert final.data["status"] == "completed"
+    assert final.data["text"].startswith(partial)
+    assert partial != final.data["text"]
+    expect(page.locator("#status")).to_have_attribute("data-state", "idle")
+    expect(page.locator(QUESTION)).to_have_count(1)
+    expect(page.locator(f"{QUESTION} .content")).to_have_text(ASK)
+    expect(page.locator(QUESTION)).to_have_attribute("data-status", "complete")
+    reasoning = page.locator(f"{ANSWER} details.reasoning")
+    expect(reasoning.locator("summary")).to_have_text("Reasoning")
+    assert reasoning.locator(".reasoning-text").text_content() == final.data["reasoning"]
+
+    # The generated title, live in the heading and in the list.
+    title = api(server, f"/v1/conversations/{cid}")["title"]
+    assert title
+    expect(page.locator("#title")).to_have_text(title)
+    expect(page.locator(f"li.conversation[data-id='{cid}'] button.open")).to_have_text(title)
+
+    # The usage shown is the API's, refreshed after the turn.
+    day = api(server, "/v1/usage")["day"]["total_tokens"]
+    assert day > 0
+    page.wait_for_function(
+        """day => document.querySelector("#usage dd[data-key=day_tokens]")
+                  ?.textContent.replace(/\\D/g, "") === String(day)""",
+        arg=day,
+    )
+
+
+def test_a_reload_mid_turn_resumes_the_answer_without_a_gap_or_a_repeat(
+    slow: InProcessServer, context: BrowserContext
+) -> None:
+    server = slow
+    page = open_playground(context, server)
+    send(page, ASK)
+    before = wait_streaming(page)
+    cid = open_cid(page)
+    tid = page.locator("#events li.frame").first.get_attribute("data-turn")
+    assert tid
+
+    requests: list[tuple[str, str | None]] = []
+
+    def record(request: Request) -> None:
+        requests.append((request.url, request.headers.get("last-event-id")))
+
+    page.on("request", record)
+    page.reload()
+
+    # The page resumed the same turn from the last frame it had rendered.
+    final = finished_answer(page, server, cid, "complete")
+    assert final.data["text"].startswith(before)
+    resumed = [last for url, last in requests if f"/turns/{tid}/events" in url]
+    assert resumed, requests
+    assert resumed[0] is not None, resumed
+    assert int(resumed[0]) >= 1, resumed
+    expect(page.locator(ANSWER)).to_have_count(1)
+    expect(page.locator(QUESTION)).to_have_count(1)
+    assert open_cid(page) == cid
+
+    # Its frames: every one of the turn's once, in order, as the API has them.
+    shown = page.evaluate(
+        """tid => [...document.querySelectorAll(`#events li.frame[data-turn="${tid}"]`)]
+                  .map(li => [Number(li.dataset.seq), li.dataset.event])""",
+        tid,
+    )
+    frames = turn_frames(server, cid, tid)
+    assert [s for s, _ in shown] == list(range(1, final.data["seq"] + 1))
+    assert shown == [[f.id, f.event] for f in frames]
+
+
+def test_retry_makes_a_second_branch_and_the_arrows_move_between_them(
+    fast: InProcessServer, context: BrowserContext
+) -> None:
+    server = fast
+    page = open_playground(context, server)
+    send(page, ASK)
+    cid = open_cid(page)
+    finished_answer(page, server, cid, "complete")
+    answer = page.locator(ANSWER)
+    first = answer.get_attribute("data-id")
+    expect(answer.locator("nav.branch")).to_have_count(0)
+
+    answer.locator("button.retry").click()
+    expect(answer).not_to_have_attribute("data-id", str(first))
+    finished_answer(page, server, cid, "complete")
+    second = answer.get_attribute("data-id")
+    expect(answer).to_have_count(1)
+    messages = api(server, f"/v1/conversations/{cid}")["messages"]
+    answers = {m["id"]: m for m in messages if m["role"] == "assistant"}
+    assert set(answers) == {first, second}
+    assert answers[str(first)]["parent_id"] == answers[str(second)]["parent_id"]
+
+    position = answer.locator("nav.branch span.position")
+    expect(position).to_have_text("2 / 2")
+    for button, mid, at in (("prev", first, "1 / 2"), ("next", second, "2 / 2")):
+        answer.locator(f"nav.branch button.{button}").click()
+        expect(answer).to_have_attribute("data-id", str(mid))
+        expect(position).to_have_text(at)
+        text = answers[str(mid)]["content"]
+        expect(answer.locator(".content")).to_have_text(text)
+        assert answer.locator(".content").text_content() == text
+
+
+def test_escape_stops_the_turn_and_keeps_its_partial_answer(
+    slow: InProcessServer, context: BrowserContext
+) -> None:
+    server = slow
+    page = open_playground(context, server)
+    expect(page.locator("#stop")).to_be_disabled()
+    send(page, ASK)
+    wait_streaming(page)
+    expect(page.locator("#stop")).to_be_enabled()
+    cid = open_cid(page)
+
+    page.locator("#message").press("Escape")
+    final = finished_answer(page, server, cid, "interrupted")
+    assert final.data["status"] == "interrupted"
+    assert final.data["text"]  # the partial text, shown and stored
+    assert stored(server, cid, page.locator(ANSWER).get_attribute("data-id"))["status"] == (
+        "interrupted"
+    )
+    expect(page.locator("#stop")).to_be_disabled()
+    expect(page.locator("#status")).to_have_attribute("data-state", "idle")
+
+
+def test_a_server_tool_waits_for_approval_and_approving_completes_the_turn(
+    tools: InProcessServer, context: BrowserContext
+) -> None:
+    server = tools
+    page = open_playground(context, server)
+    send(page, "Call the weather tool for Oslo")
+    cid = open_cid(page)
+
+    tool = page.locator(f"{ANSWER} .tools div.tool")
+    expect(tool.locator("button.approve")).to_be_visible()
+    expect(tool.locator("button.refuse")).to_be_visible()
+    expect(tool).to_have_count(1)
+    expect(tool.locator(".tool-name")).to_have_text("weather")
+    expect(tool.locator("pre.args")).to_contain_text("Oslo")
+    expect(page.locator(ANSWER)).to_have_attribute("data-status", "waiting")
+    expect(page.locator("#status")).to_have_attribute("data-state", "waiting")
+    call_id = tool.get_attribute("data-call-id")
+    assert call_id
+
+    tool.locator("button.approve").click()
+    final = finished_answer(page, server, cid, "complete")
+    assert final.data["status"] == "completed"
+    # The MCP server's deterministic forecast: sum(map(ord, "Oslo")) % 35 == 28.
+    expect(tool.locator("pre.result")).to_contain_text("Oslo: 28 °C, clear")
+    expect(tool).to_have_attribute("data-call-id", call_id)
+    expect(tool.locator("button.approve")).to_have_count(0)
+    assert "Oslo: 28 °C, clear" in final.data["text"]
+
+
+def test_another_user_sees_neither_the_conversation_nor_its_messages(
+    fast: InProcessServer, browser: Browser, context: BrowserContext
+) -> None:
+    server = fast
+    alice = open_playground(context, server)
+    send(alice, ASK)
+    cid = open_cid(alice)
+    finished_answer(alice, server, cid, "complete")
+    secret = api(server, f"/v1/conversations/{cid}")["title"]
+
+    # Bob's own conversation shows, so his list has loaded; alice's is not in it.
+    r = httpx.post(
+        f"{server.base_url}/v1/conversations",
+        json={"title": "Bob's own"},
+        headers=server.headers("acme", "bob"),
+    )
+    assert r.status_code == 201, r.text
+    bob_cid = r.json()["id"]
+    bobs = browser.new_context()
+    try:
+        bob = open_playground(bobs, server, "bob")
+        expect(bob.locator(f"li.conversation[data-id='{bob_cid}']")).to_have_count(1)
+        expect(bob.locator(f"li.conversation[data-id='{cid}']")).to_have_count(0)
+        expect(bob.locator("li.conversation")).to_have_count(1)
+
+        # Opened by its id, it is the API's 404 and nothing of it.
+        r = httpx.get(
+            f"{server.base_url}/v1/conversations/{cid}", headers=server.headers("acme", "bob")
+        )
+        assert r.status_code == 404
+        detail = r.json()["detail"]
+        page = open_playground(bobs, server, "bob", cid)
+        status = page.locator("#status")
+        expect(status).to_have_attribute("data-state", "error")
+        expect(status).to_contain_text(detail)
+        expect(page.locator("#messages article.message")).to_have_count(0)
+        expect(page.locator("#title")).not_to_have_text(secret)
+        assert ASK not in page.locator("body").inner_text()
+    finally:
+        bobs.close()
+
+
+def test_the_page_has_a_strict_csp_no_console_error_and_no_other_origin(
+    fast: InProcessServer, context: BrowserContext
+) -> None:
+    server = fast
+    origin = server.base_url
+    urls: list[str] = []
+    errors: list[str] = []
+    context.on("request", lambda request: urls.append(request.url))
+    context.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    page = context.new_page()
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    response = page.goto(f"{origin}/playground#token={server.token()}")
+    assert response is not None
+    assert response.status == 200
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    root = httpx.get(f"{origin}/")
+    assert root.status_code == 200
+    assert "default-src 'self'" in root.headers["content-security-policy"]
+
+    page.wait_for_function("() => !location.hash.includes('token=')")
+    send(page, ASK)
+    finished_answer(page, server, open_cid(page), "complete")
+    expect(page.locator("#status")).to_have_attribute("data-state", "idle")
+
+    assert urls
+    others = [u for u in urls if not u.startswith("data:") and not same_origin(u, origin)]
+    assert others == []
+    assert errors == []
+
+
+def same_origin(url: str, origin: str) -> bool:
+    """Whether ``url`` (a ``blob:`` URL by the origin that made it) is of ``origin``."""
+    parts = urlsplit(url.removeprefix("blob:"))
+    return f"{parts.scheme}://{parts.netloc}" == origin
+
+
+def test_a_screenshot_of_a_finished_conversation(
+    fast: InProcessServer, context: BrowserContext, tmp_path: Path
+) -> None:
+    """Always to a temporary file; also to ``TURNSTREAM_UPDATE_SCREENSHOT`` when set,
+    which is how the README's image is made."""
+    server = fast
+    page = open_playground(context, server)
+    send(page, ASK)
+    cid = open_cid(page)
+    finished_answer(page, server, cid, "complete")
+    title = api(server, f"/v1/conversations/{cid}")["title"]
+    expect(page.locator("#title")).to_have_text(title)
+    expect(page.locator("#status")).to_have_attribute("data-state", "idle")
+
+    targets = [tmp_path / "playground.png"]
+    if update := os.environ.get("TURNSTREAM_UPDATE_SCREENSHOT"):
+        targets.append(Path(update))
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target))
+        data = target.read_bytes()
+        assert data.startswith(PNG), target
+        assert len(data) > len(PNG), target
