@@ -5,7 +5,7 @@
 // after the last seq it rendered and shows nothing twice.
 
 import { ApiError, call, follow, setToken, startTurn, turnEvents, upload } from "./api.js";
-import { conversationItem, el, frame as frameItem, message as messageItem } from "./render.js";
+import { button, conversationItem, el, frame as frameItem, message as messageItem } from "./render.js";
 import { branch, parentKey, sibling } from "./tree.js";
 
 const $ = (selector) => document.querySelector(selector);
@@ -61,6 +61,19 @@ function save() {
   if (state.live) store.setItem(`ts.live.${state.cid}`, JSON.stringify(serialLive(state.live)));
   else store.removeItem(`ts.live.${state.cid}`);
 }
+
+// Frames come many a second: what a reload needs is written once per animation frame
+// (live and frames together, so they always agree), and when the page goes away.
+let saving = false;
+function saveSoon() {
+  if (saving) return;
+  saving = true;
+  requestAnimationFrame(() => {
+    saving = false;
+    save();
+  });
+}
+window.addEventListener("pagehide", save);
 
 const serialLive = (live) => ({ ...live, tools: [...live.tools.entries()] });
 
@@ -341,6 +354,10 @@ function apply(f) {
   }
   const callOf = (id) => live.tools.get(id) ?? { call_id: id, name: "?", args: "", arguments: null, state: "input-streaming" };
   const setCall = (id, change) => live.tools.set(id, { ...callOf(id), ...change });
+  if (live.status === "waiting" && !["waiting", "final", "error"].includes(f.event)) {
+    live.status = "streaming"; // the turn goes on after its pause
+    setStatus("streaming", "streaming");
+  }
   switch (f.event) {
     case "turn.started":
       Object.assign(live, { assistantId: d.assistant_message_id, userId: d.user_message_id, parentId: d.parent_id, model: d.model, mode: d.mode });
@@ -395,17 +412,8 @@ function apply(f) {
       Object.assign(live, { status: "failed", text: d.text ?? live.text, prefixed: true });
       report(new Error(`${d.code}: ${d.message}`));
       break;
-    default:
-      if (live.status === "waiting") {
-        live.status = "streaming";
-        setStatus("streaming", "streaming");
-      }
   }
-  if (["reasoning", "token", "tool_call.started", "tool_result", "approval.decided"].includes(f.event) && live.status === "waiting") {
-    live.status = "streaming";
-    setStatus("streaming", "streaming");
-  }
-  save();
+  saveSoon();
   renderMessages();
 }
 
@@ -467,15 +475,10 @@ function renderPending() {
         { class: "pending-file", "data-id": f.id },
         f.url && el("img", { src: f.url, alt: "" }),
         el("span", { text: f.name }),
-        el("button", {
-          type: "button",
-          text: "×",
-          "aria-label": `Remove ${f.name}`,
-          onclick: () => {
-            state.pending = state.pending.filter((p) => p !== f);
-            renderPending();
-          },
-        }),
+        button("remove", "×", () => {
+          state.pending = state.pending.filter((p) => p !== f);
+          renderPending();
+        }, { "aria-label": `Remove ${f.name}` }),
       ),
     ),
   );

@@ -21,6 +21,10 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// A button that is not a form's submit; `attrs` as for el().
+export const button = (cls, text, onclick, attrs = {}) =>
+  el("button", { type: "button", class: cls, text, onclick, ...attrs });
+
 const pretty = (value) =>
   value === null || value === undefined
     ? ""
@@ -67,22 +71,8 @@ function tool(call, { busy, onApprove }) {
     el("span", { class: "tool-state", text: ` — ${label ?? state}` }),
     el("pre", { class: "args", "aria-label": "Arguments", text: pretty(call.arguments ?? call.args) }),
     el("pre", { class: "result", "aria-label": "Result", text: pretty(call.output) }),
-    asks &&
-      el("button", {
-        type: "button",
-        class: "approve",
-        text: "Approve",
-        disabled: busy === "approving",
-        onclick: () => onApprove(call, true),
-      }),
-    asks &&
-      el("button", {
-        type: "button",
-        class: "refuse",
-        text: "Refuse",
-        disabled: busy === "approving",
-        onclick: () => onApprove(call, false),
-      }),
+    asks && button("approve", "Approve", () => onApprove(call, true), { disabled: busy === "approving" }),
+    asks && button("refuse", "Refuse", () => onApprove(call, false), { disabled: busy === "approving" }),
   );
 }
 
@@ -108,22 +98,14 @@ export function message(entry, view, ui) {
       el(
         "nav",
         { class: "branch", "aria-label": "Versions" },
-        el("button", {
-          type: "button",
-          class: "prev",
-          text: "‹",
+        button("prev", "‹", () => ui.onSwitch(entry.message, -1), {
           "aria-label": "Previous version",
           disabled: index === 0 || ui.running,
-          onclick: () => ui.onSwitch(entry.message, -1),
         }),
         el("span", { class: "position", text: `${index + 1} / ${count}` }),
-        el("button", {
-          type: "button",
-          class: "next",
-          text: "›",
+        button("next", "›", () => ui.onSwitch(entry.message, 1), {
           "aria-label": "Next version",
           disabled: index === count - 1 || ui.running,
-          onclick: () => ui.onSwitch(entry.message, 1),
         }),
       ),
   );
@@ -165,8 +147,8 @@ export function message(entry, view, ui) {
       el(
         "footer",
         {},
-        el("button", { type: "button", class: "save", text: "Save and send", onclick: () => ui.onSaveEdit() }),
-        el("button", { type: "button", class: "cancel-edit", text: "Cancel", onclick: () => ui.onCancelEdit() }),
+        button("save", "Save and send", () => ui.onSaveEdit()),
+        button("cancel-edit", "Cancel", () => ui.onCancelEdit()),
       ),
     );
     queueMicrotask(() => area.isConnected && document.activeElement === document.body && area.focus());
@@ -175,10 +157,10 @@ export function message(entry, view, ui) {
   article.append(el("div", { class: "content", text: view.content }));
   const actions = assistant
     ? [
-        el("button", { type: "button", class: "retry", text: "Retry", disabled: ui.running, onclick: () => ui.onRetry(view) }),
-        el("button", { type: "button", class: "continue", text: "Continue", disabled: ui.running, onclick: () => ui.onContinue(view) }),
+        button("retry", "Retry", () => ui.onRetry(view), { disabled: ui.running }),
+        button("continue", "Continue", () => ui.onContinue(view), { disabled: ui.running }),
       ]
-    : [el("button", { type: "button", class: "edit", text: "Edit", disabled: ui.running, onclick: () => ui.onEdit(view) })];
+    : [button("edit", "Edit", () => ui.onEdit(view), { disabled: ui.running })];
   article.append(el("footer", {}, actions));
   return article;
 }
@@ -202,21 +184,14 @@ export function conversationItem(item, ui) {
   }
   const confirming = ui.deleting === item.id;
   li.append(
-    el("button", {
-      type: "button",
-      class: "open",
-      text: item.title || "Untitled",
+    button("open", item.title || "Untitled", () => ui.onOpen(item.id), {
       title: item.title || "Untitled",
       "aria-current": item.id === ui.current ? "true" : null,
-      onclick: () => ui.onOpen(item.id),
     }),
-    el("button", { type: "button", class: "rename", text: "Rename", onclick: () => ui.onStartRename(item) }),
-    el("button", {
-      type: "button",
-      class: confirming ? "delete confirm" : "delete",
-      text: confirming ? "Confirm delete" : "Delete",
-      onclick: () => ui.onDelete(item),
-    }),
+    button("rename", "Rename", () => ui.onStartRename(item)),
+    button(confirming ? "delete confirm" : "delete", confirming ? "Confirm delete" : "Delete", () =>
+      ui.onDelete(item),
+    ),
   );
   return li;
 }

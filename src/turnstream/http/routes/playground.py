@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Any
 
 from litestar import Request, Response, get
@@ -43,24 +44,21 @@ TYPES = {
 
 
 @cache
-def asset(name: str) -> tuple[bytes, str, str] | None:
-    """A file of the page: its bytes, type and ETag; None for any other name (the
-    names are the package's files, never a path)."""
-    if "/" in name or "\\" in name or name.startswith("."):
-        return None
-    suffix = name[name.rfind(".") :] if "." in name else ""
-    if suffix not in TYPES:
-        return None
-    folder = resources.files("turnstream.http").joinpath("playground")
-    file = folder.joinpath(name)
-    if not file.is_file():
-        return None
-    content = file.read_bytes()
-    return content, TYPES[suffix], '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
+def assets() -> dict[str, tuple[bytes, str, str]]:
+    """The page's files, read once: name to bytes, type and ETag. Only these names are
+    served (a request names one of them, never a path)."""
+    found: dict[str, tuple[bytes, str, str]] = {}
+    for file in resources.files("turnstream.http").joinpath("playground").iterdir():
+        suffix = PurePosixPath(file.name).suffix
+        if file.is_file() and suffix in TYPES and not file.name.startswith("."):
+            content = file.read_bytes()
+            etag = '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
+            found[file.name] = (content, TYPES[suffix], etag)
+    return found
 
 
 def send(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
-    found = asset(name)
+    found = assets().get(name)
     if found is None:
         raise NotFoundException("No such file of the playground.")
     content, media_type, etag = found
