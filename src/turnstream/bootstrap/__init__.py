@@ -30,7 +30,7 @@ from turnstream.projections.reader import Positions, Reader
 from turnstream.projections.registry import ensure_projections
 from turnstream.providers import Providers
 from turnstream.settings import Settings
-from turnstream.store.application import TurnstreamApplication, ensure_schema, event_store_env
+from turnstream.store.application import TurnstreamApplication, open_application
 from turnstream.store.gateway import StoreGateway
 from turnstream.store.lease import NodeLease, OrphanSweeper
 from turnstream.store.limits import RateLimiter
@@ -131,8 +131,7 @@ def start_servers(settings: Settings) -> tuple[str, str, list[Any]]:
 
 
 def build_application(settings: Settings, database_url: str) -> TurnstreamApplication:
-    ensure_schema(database_url, settings.store.schema)
-    return TurnstreamApplication(event_store_env(database_url, settings.store.schema), database_url)
+    return open_application(database_url, settings.store.schema)
 
 
 def bootstrap(settings: Settings, *, worker: bool = False) -> Container:

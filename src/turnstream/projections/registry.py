@@ -26,6 +26,7 @@ from turnstream.projections.conversation_list import ConversationList
 from turnstream.projections.tree import MessageTree
 from turnstream.projections.usage import UsageCounters
 from turnstream.store.application import TurnstreamApplication
+from turnstream.store.ddl import ddl_lock
 
 PROJECTIONS: dict[str, type[BatchProjection]] = {
     p.name: p for p in (MessageTree, ConversationList, UsageCounters)
@@ -79,7 +80,7 @@ def guard_sql(app: TurnstreamApplication) -> Any:
 def ensure_projections(app: TurnstreamApplication) -> dict[str, int]:
     """Create the registry and a first generation of each projection; the active ones."""
     schema = app.store.datastore.schema
-    with app.connect() as conn:
+    with app.connect() as conn, ddl_lock(conn, schema):
         conn.execute(registry_sql(schema))
         with conn.transaction():
             conn.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(registry_table(app)))

@@ -25,6 +25,7 @@ from turnstream.domain.events import DomainEvent
 from turnstream.domain.files import File, FileEvent
 from turnstream.domain.turn import Turn, TurnEvent
 from turnstream.store.admission import Admission, Admitted
+from turnstream.store.ddl import ddl_lock
 from turnstream.store.mapper import MsgspecMapper, NullTranscoder, decode_event, encode_event
 from turnstream.store.recorder import Row, TurnstreamRecorder, as_row
 
@@ -52,9 +53,11 @@ def event_store_env(database_url: str, schema: str, pool_size: int = 10) -> dict
     }
 
 
-def ensure_schema(database_url: str, schema: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def open_application(database_url: str, schema: str) -> TurnstreamApplication:
+    """The application over ``schema``, its schema and tables made first if need be."""
+    with psycopg.connect(database_url, autocommit=True) as conn, ddl_lock(conn, schema):
         conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+        return TurnstreamApplication(event_store_env(database_url, schema), database_url)
 
 
 class OwnConnection:

@@ -18,6 +18,8 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composable, Composed, Identifier
 
+from turnstream.store.ddl import ddl_lock
+
 WINDOW_S = 60.0
 
 
@@ -55,6 +57,7 @@ class RateLimiter:
     """
 
     def __init__(self, schema: str) -> None:
+        self.schema = schema
         self.table = rate_table(schema)
         self.create_sql = SQL(
             "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, tat timestamptz NOT NULL)"
@@ -67,7 +70,8 @@ class RateLimiter:
         self._forget = SQL("DELETE FROM {t} WHERE tat < now()").format(t=self.table)
 
     def create(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(self.create_sql)
+        with ddl_lock(conn, self.schema):
+            conn.execute(self.create_sql)
 
     def take(self, conn: psycopg.Connection[Any], keys: Sequence[str], per_minute: int) -> int:
         """Count one request against every key: 0 if all allow it, else the seconds
