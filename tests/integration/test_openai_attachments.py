@@ -14,8 +14,9 @@ from tests.support.attachments import file_ref, make_pdf
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.fake_openai import fake_openai as fake_openai  # the fixture
 from turnstream.files import model_attachment
-from turnstream.providers import ChatMessage, Chunk, Completed, OpenAIProvider, ProviderError
+from turnstream.providers import ChatMessage, Chunk, Completed, ProviderError
 from turnstream.providers.base import Attachment, estimate_usage
+from turnstream.providers.openai import OpenAIProvider
 from turnstream.settings import ModelConfig
 
 # A real 1x1 PNG (a transparent pixel).

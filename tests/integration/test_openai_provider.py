@@ -15,7 +15,6 @@ from turnstream.providers import (
     ChatMessage,
     Chunk,
     Completed,
-    OpenAIProvider,
     ProviderError,
     ReasoningDelta,
     TextDelta,
@@ -25,6 +24,7 @@ from turnstream.providers import (
     llm_title,
 )
 from turnstream.providers.base import ToolCallArguments, ToolCallBegun, ToolCallRequest
+from turnstream.providers.openai import OpenAIProvider
 from turnstream.settings import ModelConfig
 
 API_KEY_ENV = "TURNSTREAM_TEST_FAKE_KEY"

@@ -18,13 +18,14 @@ from __future__ import annotations
 import codecs
 import io
 import logging
-
-import pypdf
-from pypdf.errors import LimitReachedError
+from typing import TYPE_CHECKING
 
 from turnstream.domain.attachments import Attachment
 from turnstream.domain.errors import UnsupportedAttachment
 from turnstream.domain.files import FileRef
+
+if TYPE_CHECKING:
+    import pypdf
 
 PDF_STREAM_MAX_BYTES = 8 * 1024 * 1024
 """The most bytes any one stream of a PDF may decompress to. A page's text content is
@@ -65,6 +66,8 @@ def _clean(text: str) -> str:
 
 
 def _limits() -> pypdf.Configuration:
+    import pypdf
+
     return pypdf.get_configuration().with_overwrites(
         zlib_maximum_output_length=PDF_STREAM_MAX_BYTES,
         lzw_maximum_output_length=PDF_STREAM_MAX_BYTES,
@@ -82,6 +85,8 @@ def _limits() -> pypdf.Configuration:
 def _read_pdf(data: bytes, max_chars: int) -> tuple[str, bool]:
     """The PDF's text, at most ``max_chars`` characters (0: no limit), and whether there
     was more."""
+    import pypdf
+
     reader = pypdf.PdfReader(io.BytesIO(data))
     # Many PDFs are "encrypted" only to restrict printing, with an empty password.
     if reader.is_encrypted and reader.decrypt("") == pypdf.PasswordType.NOT_DECRYPTED:
@@ -109,6 +114,11 @@ def _read_pdf(data: bytes, max_chars: int) -> tuple[str, bool]:
 
 
 def _pdf_text(data: bytes, max_chars: int) -> tuple[str, bool]:
+    # pypdf is loaded with the first PDF: most processes (the relay, the projections,
+    # a node that is sent no PDF) never need its tenth of a second.
+    import pypdf
+    from pypdf.errors import LimitReachedError
+
     try:
         with pypdf.apply_configuration(_limits()):
             return _read_pdf(data, max_chars)

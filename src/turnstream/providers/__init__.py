@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from turnstream.providers.base import (
     Attachment,
     ChatMessage,
@@ -17,9 +19,11 @@ from turnstream.providers.base import (
     message_tokens,
 )
 from turnstream.providers.demo import DemoProvider
-from turnstream.providers.openai import OpenAIProvider
 from turnstream.providers.title import heuristic_title, llm_title
 from turnstream.settings import ModelConfig, ModelSettings
+
+if TYPE_CHECKING:
+    from turnstream.providers.openai import OpenAIProvider
 
 __all__ = [
     "Attachment",
@@ -27,7 +31,6 @@ __all__ = [
     "Chunk",
     "Completed",
     "DemoProvider",
-    "OpenAIProvider",
     "Provider",
     "ProviderError",
     "Providers",
@@ -51,7 +54,7 @@ class Providers:
 
     def __init__(self, models: ModelSettings) -> None:
         self.demo = DemoProvider(models.demo_tokens_per_s, models.demo_tokens)
-        self.openai = OpenAIProvider()
+        self._openai: OpenAIProvider | None = None
 
     def for_model(self, model: ModelConfig) -> Provider:
         """The provider that serves ``model``.
@@ -64,8 +67,15 @@ class Providers:
         """
         if model.provider == "demo":
             return self.demo
-        return self.openai
+        if self._openai is None:
+            # The openai SDK takes half a second to import: a process that serves only
+            # the demo model (or none: the relay, the projections) never loads it.
+            from turnstream.providers.openai import OpenAIProvider
+
+            self._openai = OpenAIProvider()
+        return self._openai
 
     async def aclose(self) -> None:
-        """Close the HTTP clients of the OpenAI-compatible provider."""
-        await self.openai.aclose()
+        """Close the HTTP clients of the OpenAI-compatible provider, if it was used."""
+        if self._openai is not None:
+            await self._openai.aclose()

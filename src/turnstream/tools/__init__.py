@@ -7,7 +7,7 @@ configured servers, and the turn runner asks it for a model's tools and calls th
 
 from __future__ import annotations
 
-from turnstream.tools.mcp import McpTools, ServerTool
+from turnstream.tools.mcp import McpTools
 from turnstream.tools.results import ToolOutcome
 
-__all__ = ["McpTools", "ServerTool", "ToolOutcome"]
+__all__ = ["McpTools", "ToolOutcome"]

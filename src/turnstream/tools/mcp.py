@@ -17,9 +17,10 @@ Rules:
   tool's checks (:func:`turnstream.domain.tools.check_tools`: a name OpenAI-compatible
   servers take, parameters a JSON Schema of an object) is left out (logged).
 * **Restarts**: a server that stops is started again at once; one that fails to start,
-  or stops within :data:`HEALTHY_S` of starting, waits ``retry_initial_s`` doubling up to
-  ``retry_max_s`` (a call skips the wait). A call in flight when its server stops is an
-  error result ("stopped during the call"), never sent again: the tool may have acted.
+  or stops within :data:`~turnstream.tools.connection.HEALTHY_S` of starting, waits
+  ``retry_initial_s`` doubling up to ``retry_max_s`` (a call skips the wait). A call in
+  flight when its server stops is an error result ("stopped during the call"), never
+  sent again: the tool may have acted.
 * **Bounds**: every call answers within ``tool_timeout_s`` (waiting for a restart
   included) and its output within ``tool_output_max_bytes`` (:mod:`.results`).
 """
@@ -29,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnstream.settings import McpServerConfig, ToolSettings
-from turnstream.tools.connection import HEALTHY_S, Connection, ServerTool
 from turnstream.tools.results import ToolOutcome, failure
 
-__all__ = ["HEALTHY_S", "McpTools", "ServerTool", "ToolOutcome"]
+if TYPE_CHECKING:
+    from turnstream.tools.connection import Connection, ServerTool
+
+__all__ = ["McpTools", "ToolOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,16 @@ class McpTools:
     ) -> None:
         self._settings = settings
         self._start_timeout_s = start_timeout_s
-        self._servers = {
-            sid: Connection(config, start_timeout_s, retry_initial_s, retry_max_s)
-            for sid, config in servers.items()
-        }
+        self._servers: dict[str, Connection] = {}
+        if servers:
+            # The MCP SDK takes half a second to import: only a process with servers
+            # to talk to loads it.
+            from turnstream.tools.connection import Connection
+
+            self._servers = {
+                sid: Connection(config, start_timeout_s, retry_initial_s, retry_max_s)
+                for sid, config in servers.items()
+            }
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
 

@@ -9,10 +9,12 @@ conversation mistakes a cut answer for the whole one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from mcp import types
+
+if TYPE_CHECKING:
+    from mcp import types
 
 _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
@@ -91,6 +93,8 @@ def _base64_size(data: str) -> int:
 
 def describe(block: types.ContentBlock) -> str:
     """One content block as text: text as it is, binary content described."""
+    from mcp import types  # loaded already: a result comes from a connection
+
     if isinstance(block, types.TextContent):
         return block.text
     if isinstance(block, types.ImageContent | types.AudioContent):
