@@ -81,6 +81,13 @@ def test_zero_config_serve_prints_a_dev_token_and_keeps_its_database(tmp_path: P
         # The printed hint pastes as it is: TOKEN is set, and expands in double quotes.
         assert f"TOKEN={printed.group(1)}" in node.log()
         assert '-H "Authorization: Bearer $TOKEN"' in node.log()
+        # So is the playground's link, the token in its fragment (never sent to a server).
+        link = re.search(r"playground:\n\s+(\S+)#token=(\S+)", node.log())
+        assert link is not None, node.log()
+        assert link.group(2) == printed.group(1)
+        page = httpx.get(link.group(1))
+        assert page.status_code == 200
+        assert 'id="token"' in page.text
         # One log format for every line (uvicorn's own too): time, level, logger.
         logged = [line for line in node.log().splitlines() if " INFO " in line]
         assert any("uvicorn" in line for line in logged), node.log()

@@ -85,6 +85,8 @@ def _banner(settings: Settings, nats_url: str, jwt_secret: str, dev_secret: bool
         print(f"embedded PostgreSQL, data in {server.data_dir}", flush=True)
     if not settings.nats.url:
         print(f"embedded NATS at {nats_url}, data in {server.data_dir}", flush=True)
+    # A link must name a host a browser can reach: not the wildcard address.
+    link = base if server.host not in ("0.0.0.0", "::", "") else f"http://127.0.0.1:{server.port}"
     if dev_secret:
         token = mint(jwt_secret, tenant="dev", user="dev", ttl_s=30 * 86400)
         print("no TURNSTREAM_JWT_SECRET set: a dev secret lives in the data folder.")
@@ -96,6 +98,11 @@ def _banner(settings: Settings, nats_url: str, jwt_secret: str, dev_secret: bool
             " -H 'Content-Type: application/json' -d '{}'",
             flush=True,
         )
+        if settings.browsers.playground:
+            # The token travels in the fragment: browsers never send it to a server.
+            print(f"playground:\n  {link}/playground#token={token}", flush=True)
+    elif settings.browsers.playground:
+        print(f"playground: {link}/playground (paste a token from `turnstream token`)", flush=True)
 
 
 def _run_uvicorn(settings: Settings, app: Any, sock: socket.socket | None = None) -> None:
