@@ -22,7 +22,16 @@ def test_the_page_and_its_modules_are_served_under_a_strict_policy(
         assert "script-src 'self'" in policy
         assert r.headers["x-content-type-options"] == "nosniff"
         assert '<script type="module" src="/playground/app.js">' in r.text
-    for name in ("app.js", "api.js", "render.js", "tree.js"):
+    for name in (
+        "app.js",
+        "api.js",
+        "render.js",
+        "tree.js",
+        "turns.js",
+        "list.js",
+        "composer.js",
+        "panels.js",
+    ):
         r = httpx.get(f"{server.base_url}/playground/{name}")
         assert r.status_code == 200, name
         assert r.headers["content-type"].startswith("text/javascript")

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 
 from tests.api.conftest import ServerFactory
+from tests.browser.playground import FAST, SLOW
 from tests.conftest import NatsTarget
 from tests.support.cluster import cluster
 from tests.support.inprocess import InProcessServer
+from tests.support.mcp_server import models_entry
 
 PAGE = (Path(__file__).parent / "page.html").read_bytes()
 
@@ -148,3 +150,46 @@ def open_page(browser: Browser) -> Iterator[Any]:
     yield open_at
     for context in contexts:
         context.close()
+
+
+# The playground's servers: the demo model at three paces, and with MCP tools.
+
+
+@pytest.fixture
+def fast(make_server: ServerFactory) -> InProcessServer:
+    return make_server(**FAST)
+
+
+@pytest.fixture
+def paced(make_server: ServerFactory) -> InProcessServer:
+    """About four seconds of answer: long enough to see it stream."""
+    return make_server(TURNSTREAM_DEMO_TOKENS="60", TURNSTREAM_DEMO_TOKENS_PER_S="15")
+
+
+@pytest.fixture
+def slow(make_server: ServerFactory) -> InProcessServer:
+    return make_server(**SLOW)
+
+
+@pytest.fixture
+def tools(make_server: ServerFactory, tmp_path: Path) -> InProcessServer:
+    """The demo model with the test MCP server's tools; ``weather`` needs approval."""
+    models = tmp_path / "models.toml"
+    models.write_text(
+        models_entry("tools", ["weather"])
+        + '\n[[models]]\nid = "demo"\nprovider = "demo"\ndefault = true\n'
+        + 'mcp_servers = ["tools"]\n'
+    )
+    return make_server(TURNSTREAM_MODELS=str(models), **FAST)
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser context (its own sessionStorage), the README's window size. The
+    servers' fixtures come first in each test: they start before Playwright's loop runs
+    on this thread, and stop after it has closed (see ``browser``)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    try:
+        yield ctx
+    finally:
+        ctx.close()

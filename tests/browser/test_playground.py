@@ -12,144 +12,27 @@ Every wait is on a DOM state (``expect``, ``wait_for_function``), never a sleep.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
+from playwright.sync_api import Browser, BrowserContext, Request, expect
 
-from tests.api.conftest import ServerFactory
+from tests.browser.playground import (
+    ANSWER,
+    ASK,
+    PNG,
+    QUESTION,
+    api,
+    finished_answer,
+    open_cid,
+    open_playground,
+    send,
+    stored,
+    turn_frames,
+    wait_streaming,
+)
 from tests.support.inprocess import InProcessServer
-from tests.support.mcp_server import models_entry
-from tests.support.server import Frame, parse_sse
-
-WAIT_MS = 20_000
-# A busy machine (a CI run beside this one) is slow to paint: wait long, never sleep.
-expect.set_options(timeout=WAIT_MS)
-
-ANSWER = "#messages article.message[data-role=assistant]"
-QUESTION = "#messages article.message[data-role=user]"
-ASK = "Tell me about event sourcing."
-FAST = {"TURNSTREAM_DEMO_TOKENS": "24", "TURNSTREAM_DEMO_TOKENS_PER_S": "0"}
-SLOW = {"TURNSTREAM_DEMO_TOKENS": "200", "TURNSTREAM_DEMO_TOKENS_PER_S": "20"}
-"""About ten seconds of answer: time to reload or stop in the middle of it."""
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def fast(make_server: ServerFactory) -> InProcessServer:
-    return make_server(**FAST)
-
-
-@pytest.fixture
-def paced(make_server: ServerFactory) -> InProcessServer:
-    """About four seconds of answer: long enough to see it stream."""
-    return make_server(TURNSTREAM_DEMO_TOKENS="60", TURNSTREAM_DEMO_TOKENS_PER_S="15")
-
-
-@pytest.fixture
-def slow(make_server: ServerFactory) -> InProcessServer:
-    return make_server(**SLOW)
-
-
-@pytest.fixture
-def tools(make_server: ServerFactory, tmp_path: Path) -> InProcessServer:
-    """The demo model with the test MCP server's tools; ``weather`` needs approval."""
-    models = tmp_path / "models.toml"
-    models.write_text(
-        models_entry("tools", ["weather"])
-        + '\n[[models]]\nid = "demo"\nprovider = "demo"\ndefault = true\n'
-        + 'mcp_servers = ["tools"]\n'
-    )
-    return make_server(TURNSTREAM_MODELS=str(models), **FAST)
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    """A fresh browser context (its own sessionStorage), the README's window size. The
-    servers' fixtures come first in each test: they start before Playwright's loop runs
-    on this thread, and stop after it has closed (see ``browser``)."""
-    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
-    try:
-        yield ctx
-    finally:
-        ctx.close()
-
-
-def open_playground(
-    context: BrowserContext, server: InProcessServer, user: str = "alice", cid: str | None = None
-) -> Page:
-    """A new page of ``context`` at ``/playground#token=…`` (``&c=`` to open ``cid``),
-    once it has moved the token out of the address."""
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    fragment = f"token={server.token('acme', user)}" + (f"&c={cid}" if cid else "")
-    page.goto(f"{server.base_url}/playground#{fragment}")
-    page.wait_for_function("() => !location.hash.includes('token=')")
-    return page
-
-
-def send(page: Page, text: str) -> None:
-    page.locator("#message").fill(text)
-    page.locator("#message").press("Enter")
-
-
-def open_cid(page: Page) -> str:
-    """The open conversation's id, from the address the page rewrote to ``#c=<cid>``."""
-    page.wait_for_function("() => /^#c=[0-9a-f-]{36}$/.test(location.hash)")
-    return str(page.evaluate("() => location.hash.slice(3)"))
-
-
-def wait_streaming(page: Page) -> str:
-    """Wait until the answer is streaming with some text shown; returns that text."""
-    page.wait_for_function(
-        """sel => { const a = document.querySelector(sel);
-                    return !!a && a.dataset.status === "streaming"
-                        && a.querySelector(".content").textContent.length > 0; }""",
-        arg=ANSWER,
-    )
-    return str(page.locator(f"{ANSWER} .content").text_content())
-
-
-def api(server: InProcessServer, path: str, user: str = "alice") -> Any:
-    r = httpx.get(f"{server.base_url}{path}", headers=server.headers("acme", user), timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def stored(server: InProcessServer, cid: str, mid: str | None) -> dict[str, Any]:
-    """The message ``mid`` as the API stores it."""
-    messages = api(server, f"/v1/conversations/{cid}")["messages"]
-    found: dict[str, Any] = next(m for m in messages if m["id"] == mid)
-    return found
-
-
-def turn_frames(server: InProcessServer, cid: str, tid: str) -> list[Frame]:
-    """All of a finished turn's frames, from its events stream."""
-    with httpx.stream(
-        "GET",
-        f"{server.base_url}/v1/conversations/{cid}/turns/{tid}/events",
-        headers=server.headers(),
-        timeout=30,
-    ) as r:
-        assert r.status_code == 200, r.read()
-        return [f for f in parse_sse(r.iter_lines()) if isinstance(f, Frame)]
-
-
-def finished_answer(page: Page, server: InProcessServer, cid: str, status: str) -> Frame:
-    """Wait for the answer to reach ``status``; returns its turn's ``final`` frame, after
-    checking that the page shows exactly its text and the API stores the same."""
-    answer = page.locator(ANSWER)
-    expect(answer).to_have_attribute("data-status", status)
-    message = stored(server, cid, answer.get_attribute("data-id"))
-    final = turn_frames(server, cid, message["turn_id"])[-1]
-    assert final.event == "final"
-    expect(answer.locator(".content")).to_have_text(final.data["text"])
-    assert answer.locator(".content").text_content() == final.data["text"] == message["content"]
-    return final
 
 
 def test_a_sent_message_streams_its_answer_and_the_title_arrives(

@@ -4,14 +4,17 @@
 // (its text, last seq and frames) is kept there too, so that a reload resumes the turn
 // after the last seq it rendered and shows nothing twice.
 
-import { ApiError, call, follow, setToken, startTurn, turnEvents, upload } from "./api.js";
-import { button, conversationItem, el, frame as frameItem, message as messageItem } from "./render.js";
+import { ApiError, call, follow, setToken, startTurn, turnEvents } from "./api.js";
+import { pendingFiles } from "./composer.js";
+import { conversationList } from "./list.js";
+import { frame as frameItem, message as messageItem } from "./render.js";
 import { branch, parentKey, sibling } from "./tree.js";
+import { showModels, showUsage } from "./panels.js";
+import { fold, freshLive, isRunning, keep, kept, prefix, shownMessage, withLive } from "./turns.js";
 
 const $ = (selector) => document.querySelector(selector);
 const store = window.sessionStorage;
 const POLL_MS = 2000;
-const MAX_FRAMES = 3000;
 
 const state = {
   cid: null, // the open conversation
@@ -22,12 +25,7 @@ const state = {
   frames: [], // [{turn, seq, event, data}] of the open conversation
   seen: new Set(), // "turn:seq" of those frames
   done: null, // the last turn this tab followed to its end
-  items: [], // the conversation list
-  cursor: null,
-  pending: [], // files uploaded for the next message: {id, name, url}
   editing: null, // {id, text}
-  renaming: null,
-  deleting: null,
   busy: null,
   openReasoning: new Set(),
   models: [],
@@ -54,16 +52,9 @@ function writeFragment() {
   history.replaceState(null, "", state.cid ? `#c=${state.cid}` : location.pathname);
 }
 
-// What a reload needs of a running turn, and the frames shown, per conversation.
-function save() {
-  if (!state.cid) return;
-  store.setItem(`ts.frames.${state.cid}`, JSON.stringify(state.frames.slice(-MAX_FRAMES)));
-  if (state.live) store.setItem(`ts.live.${state.cid}`, JSON.stringify(serialLive(state.live)));
-  else store.removeItem(`ts.live.${state.cid}`);
-}
-
 // Frames come many a second: what a reload needs is written once per animation frame
 // (live and frames together, so they always agree), and when the page goes away.
+const save = () => state.cid && keep(state.cid, state.frames, state.live);
 let saving = false;
 function saveSoon() {
   if (saving) return;
@@ -75,51 +66,10 @@ function saveSoon() {
 }
 window.addEventListener("pagehide", save);
 
-const serialLive = (live) => ({ ...live, tools: [...live.tools.entries()] });
+const shown = (m) => shownMessage(m, state.live);
+const messagesOfView = () => withLive(state.view?.messages ?? [], state.live);
 
-function restored(cid) {
-  const frames = JSON.parse(store.getItem(`ts.frames.${cid}`) ?? "[]");
-  const live = JSON.parse(store.getItem(`ts.live.${cid}`) ?? "null");
-  if (live) live.tools = new Map(live.tools);
-  return { frames, live };
-}
-
-// The message as shown: the tree's, or for the running turn's answer what its frames say.
-function shown(m) {
-  const live = state.live;
-  const tools = (m.parts ?? []).filter((p) => p.type === "tool_call");
-  const base = { ...m, tools };
-  if (!live || m.id !== live.assistantId) return base;
-  return {
-    ...base,
-    status: live.status,
-    content: live.text,
-    reasoning: live.reasoning,
-    tools: [...live.tools.values()],
-  };
-}
-
-function messagesOfView() {
-  const messages = [...(state.view?.messages ?? [])];
-  const live = state.live;
-  if (live && live.assistantId && !messages.some((m) => m.id === live.assistantId)) {
-    // The tree has not caught up with the turn yet: show the answer where it will be.
-    messages.push({
-      id: live.assistantId,
-      parent_id: live.userId ?? live.parentId,
-      role: "assistant",
-      content: "",
-      reasoning: "",
-      status: "streaming",
-      model: live.model,
-      parts: [],
-      attachments: [],
-    });
-  }
-  return messages;
-}
-
-const running = () => Boolean(state.live && !["complete", "interrupted", "failed"].includes(state.live.status));
+const running = () => isRunning(state.live);
 
 function leafOfBranch() {
   const path = branch(messagesOfView(), state.view?.current_leaf_id, state.choice);
@@ -190,76 +140,27 @@ function renderMessages() {
   });
 }
 
-function renderList() {
-  const list = {
-    current: state.cid,
-    renaming: state.renaming,
-    deleting: state.deleting,
-    onOpen: (cid) => open(cid),
-    onStartRename(item) {
-      state.renaming = item.id;
-      renderList();
-    },
-    async onRename(item, title) {
-      state.renaming = null;
-      if (title !== null && title.trim()) {
-        try {
-          await call("PATCH", `/v1/conversations/${item.id}`, { title: title.trim() });
-          if (item.id === state.cid && state.view) state.view.title = title.trim();
-        } catch (e) {
-          report(e);
-        }
-      }
-      await loadList();
-      renderMessages();
-    },
-    async onDelete(item) {
-      if (state.deleting !== item.id) {
-        state.deleting = item.id;
-        return renderList();
-      }
-      state.deleting = null;
-      try {
-        await call("DELETE", `/v1/conversations/${item.id}`);
-        if (item.id === state.cid) await open(null);
-      } catch (e) {
-        report(e);
-      }
-      await loadList();
-    },
-  };
-  $("#conversations").replaceChildren(...state.items.map((item) => conversationItem(item, list)));
-  $("#more").hidden = !state.cursor;
-}
+const conversations = conversationList({
+  list: $("#conversations"),
+  more: $("#more"),
+  onOpen: (cid) => open(cid),
+  onRenamed(cid, title) {
+    if (cid === state.cid && state.view) state.view.title = title;
+    renderMessages();
+  },
+  onDeleted: (cid) => (cid === state.cid ? open(null) : undefined),
+  onError: report,
+});
+const loadList = (next = false) => conversations.load(next);
 
 function renderFrames() {
   state.seen = new Set(state.frames.map((f) => `${f.turn}:${f.seq}`));
   $("#events").replaceChildren(...state.frames.map((f) => frameItem(f.turn, f)));
 }
 
-async function loadList(more = false) {
-  const query = more && state.cursor ? `?limit=20&cursor=${encodeURIComponent(state.cursor)}` : "?limit=20";
-  const page = await call("GET", `/v1/conversations${query}`);
-  state.items = more ? state.items.concat(page.items) : page.items;
-  state.cursor = page.next_cursor;
-  renderList();
-}
-
-async function loadUsage() {
-  const usage = await call("GET", "/v1/usage");
-  const put = (key, value) => ($(`#usage dd[data-key=${key}]`).textContent = String(value));
-  put("day_tokens", usage.day.total_tokens);
-  put("week_tokens", usage.week.total_tokens);
-  put("storage_bytes", usage.storage.bytes);
-  const limits = Object.entries(usage.limits).filter(([, v]) => v !== null);
-  put("limits", limits.length ? limits.map(([k, v]) => `${k} ${v}`).join(", ") : "none");
-}
-
+const loadUsage = () => showUsage($("#usage"));
 async function loadModels() {
-  const { data } = await call("GET", "/v1/models");
-  state.models = data;
-  const select = $("#model");
-  select.replaceChildren(...data.map((m) => el("option", { value: m.id, text: m.id, selected: m.default })));
+  state.models = await showModels($("#model"));
 }
 
 async function refreshView() {
@@ -275,13 +176,13 @@ async function open(cid) {
   Object.assign(state, { cid, view: null, live: null, abort: null, editing: null, frames: [] });
   state.choice.clear();
   writeFragment();
-  renderList();
+  conversations.select(cid);
   renderFrames();
   renderMessages();
   setStatus("idle");
   if (!cid) return;
-  const kept = restored(cid);
-  state.frames = kept.frames;
+  const saved = kept(cid);
+  state.frames = saved.frames;
   renderFrames();
   try {
     await refreshView();
@@ -291,11 +192,7 @@ async function open(cid) {
     return report(e);
   }
   const active = state.view.active_turn;
-  if (active) attach(active.turn_id, kept.live?.turnId === active.turn_id ? kept.live : null);
-}
-
-function freshLive(turnId) {
-  return { turnId, assistantId: null, userId: null, text: "", reasoning: "", tools: new Map(), status: "streaming", seq: 0 };
+  if (active) attach(active.turn_id, saved.live?.turnId === active.turn_id ? saved.live : null);
 }
 
 function attach(turnId, live) {
@@ -323,14 +220,16 @@ async function run(opener, abort) {
     if (cid === state.cid) report(e);
   }
   if (abort.signal.aborted || cid !== state.cid) return;
+  let fresh = true;
   try {
     await Promise.all([refreshView(), loadList(), loadUsage()]);
   } catch (e) {
+    fresh = false; // e.g. offline: the ended turn stays shown from its frames
     report(e);
   }
   // The tree now holds what the frames showed; the turn is shown from it.
   state.done = state.live?.turnId ?? null;
-  state.live = null;
+  if (fresh) state.live = null;
   state.abort = null;
   save();
   renderMessages();
@@ -342,8 +241,6 @@ function apply(f) {
   const live = state.live;
   const d = f.data;
   if (!live || (live.turnId && d.turn_id !== live.turnId)) return;
-  live.turnId = d.turn_id;
-  live.seq = f.seq ?? live.seq;
   const key = `${d.turn_id}:${f.seq}`;
   if (!state.seen.has(key)) {
     // Frames a reload already showed are applied again (from the turn's start, when
@@ -352,67 +249,23 @@ function apply(f) {
     state.frames.push({ turn: d.turn_id, seq: f.seq, event: f.event, data: d });
     $("#events").append(frameItem(d.turn_id, state.frames[state.frames.length - 1]));
   }
-  const callOf = (id) => live.tools.get(id) ?? { call_id: id, name: "?", args: "", arguments: null, state: "input-streaming" };
-  const setCall = (id, change) => live.tools.set(id, { ...callOf(id), ...change });
-  if (live.status === "waiting" && !["waiting", "final", "error"].includes(f.event)) {
-    live.status = "streaming"; // the turn goes on after its pause
-    setStatus("streaming", "streaming");
+  const effects = fold(live, f);
+  if (effects.resumed) setStatus("streaming", "streaming");
+  if (effects.started) {
+    state.choice.clear(); // the new turn's branch is the server's current leaf
+    refreshView().then(() => {
+      if (effects.started.mode !== "continue") return;
+      if (prefix(live, state.view.messages.find((x) => x.id === live.assistantId))) renderMessages();
+    }, report);
   }
-  switch (f.event) {
-    case "turn.started":
-      Object.assign(live, { assistantId: d.assistant_message_id, userId: d.user_message_id, parentId: d.parent_id, model: d.model, mode: d.mode });
-      state.choice.clear(); // the new turn's branch is the server's current leaf
-      refreshView().then(() => {
-        if (d.mode === "continue" && !live.prefixed) {
-          const m = state.view.messages.find((x) => x.id === live.assistantId);
-          live.text = (m?.content ?? "") + live.text;
-          live.reasoning = (m?.reasoning ?? "") + live.reasoning;
-          live.prefixed = true;
-          renderMessages();
-        }
-      }, report);
-      break;
-    case "reasoning":
-      live.reasoning += d.text;
-      break;
-    case "token":
-      live.text += d.text;
-      break;
-    case "title":
-      if (state.view) state.view.title = d.title;
-      state.items = state.items.map((item) => (item.id === state.cid ? { ...item, title: d.title } : item));
-      renderList();
-      break;
-    case "tool_call.started":
-      setCall(d.call_id, { name: d.name, state: "input-streaming" });
-      break;
-    case "tool_call.arguments":
-      setCall(d.call_id, { args: callOf(d.call_id).args + d.text });
-      break;
-    case "tool_call":
-      setCall(d.call_id, { name: d.name, arguments: d.arguments, kind: d.kind, state: "input-available" });
-      break;
-    case "approval.requested":
-      setCall(d.call_id, { state: "approval-requested" });
-      break;
-    case "approval.decided":
-      setCall(d.call_id, { state: "approval-responded", approved: d.approved });
-      break;
-    case "tool_result":
-      setCall(d.call_id, { output: d.output, state: d.is_error ? "output-error" : "output-available" });
-      break;
-    case "waiting":
-      live.status = "waiting";
-      setStatus("waiting", d.reason === "approval" ? "waiting for an approval" : "waiting for a tool result");
-      break;
-    case "final":
-      Object.assign(live, { status: d.status === "completed" ? "complete" : "interrupted", text: d.text, reasoning: d.reasoning, prefixed: true });
-      break;
-    case "error":
-      Object.assign(live, { status: "failed", text: d.text ?? live.text, prefixed: true });
-      report(new Error(`${d.code}: ${d.message}`));
-      break;
+  if (effects.title !== undefined) {
+    if (state.view) state.view.title = effects.title;
+    conversations.retitle(state.cid, effects.title);
   }
+  if (effects.waiting) {
+    setStatus("waiting", effects.waiting === "approval" ? "waiting for an approval" : "waiting for a tool result");
+  }
+  if (effects.error) report(effects.error);
   saveSoon();
   renderMessages();
 }
@@ -427,6 +280,7 @@ async function send(body) {
       state.view = null;
       state.frames = [];
       writeFragment();
+      conversations.select(made.id);
       renderFrames();
     }
     const model = $("#model").value;
@@ -444,15 +298,14 @@ async function send(body) {
 
 async function sendMessage() {
   const text = $("#message").value;
-  const files = state.pending.map((f) => f.id);
+  const files = pending.ids();
   if (!text.trim() && !files.length) return;
   const parent = leafOfBranch();
   const body = { mode: "message", content: text };
   if (files.length) body.attachments = files;
   if (parent?.role === "assistant") body.parent_id = parent.id; // the branch shown goes on
   $("#message").value = "";
-  state.pending = [];
-  renderPending();
+  pending.clear();
   await send(body);
 }
 
@@ -467,39 +320,12 @@ async function stop() {
   }
 }
 
-function renderPending() {
-  $("#pending").replaceChildren(
-    ...state.pending.map((f) =>
-      el(
-        "li",
-        { class: "pending-file", "data-id": f.id },
-        f.url && el("img", { src: f.url, alt: "" }),
-        el("span", { text: f.name }),
-        button("remove", "×", () => {
-          state.pending = state.pending.filter((p) => p !== f);
-          renderPending();
-        }, { "aria-label": `Remove ${f.name}` }),
-      ),
-    ),
-  );
-}
-
-async function attachFiles(input) {
-  for (const file of [...input.files]) {
-    setStatus("streaming", `uploading ${file.name}…`);
-    try {
-      const made = await upload(file);
-      const url = made.media_type.startsWith("image/") ? URL.createObjectURL(file) : null;
-      state.pending.push({ id: made.id, name: made.name, url });
-      renderPending();
-      setStatus("idle");
-    } catch (e) {
-      report(e);
-    }
-  }
-  input.value = "";
-  loadUsage().catch(report);
-}
+const pending = pendingFiles({
+  list: $("#pending"),
+  onStatus: (text) => (text ? setStatus("streaming", text) : setStatus("idle")),
+  onError: report,
+  onUploaded: () => loadUsage().catch(report),
+});
 
 // While idle, look at the open conversation now and then: another tab's (or client's)
 // turn is followed as soon as it runs, and its messages appear when it ends.
@@ -512,6 +338,10 @@ async function poll() {
         if (JSON.stringify(view) !== before) {
           state.view = view;
           renderMessages();
+        }
+        if (state.live && !running()) {
+          state.live = null; // an ended turn kept from its frames: the tree has it now
+          save();
         }
         const active = view.active_turn?.turn_id;
         if (active && active !== state.done) attach(active, null);
@@ -554,7 +384,7 @@ async function main() {
     if (e.key === "Escape" && running()) stop();
   });
   $("#stop").addEventListener("click", stop);
-  $("#files").addEventListener("change", (e) => attachFiles(e.target));
+  $("#files").addEventListener("change", (e) => pending.add(e.target));
   window.addEventListener("offline", () => setStatus("reconnecting", "offline; waiting for the network"));
   if (!$("#token").value) {
     setStatus("error", "Paste a token (turnstream serve prints a link with one).");
