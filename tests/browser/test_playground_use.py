@@ -12,7 +12,7 @@ import re
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.sync_api import BrowserContext, Request, expect
+from playwright.sync_api import Browser, BrowserContext, Request, expect
 
 from tests.api.conftest import ServerFactory
 from tests.browser.playground import (
@@ -255,3 +255,43 @@ def test_a_dropped_connection_is_shown_retried_and_loses_nothing(
         # One turn: the attempts resumed the same turn, they did not start new ones.
         turns = {m["turn_id"] for m in api(server, f"/v1/conversations/{cid}")["messages"]}
         assert turns == {tid}
+
+
+def test_keyboard_labels_and_the_dark_scheme(
+    fast: InProcessServer, browser: Browser, context: BrowserContext
+) -> None:
+    server = fast
+    page = open_playground(context, server)
+    send(page, ASK)
+    cid = open_cid(page)
+    finished_answer(page, server, cid, "complete")
+
+    # Shift+Enter is a new line, not a send.
+    box = page.locator("#message")
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    expect(page.locator(QUESTION)).to_have_count(1)
+
+    # Every control a screen reader reaches has a name (its text, label or aria-label).
+    nameless = page.evaluate(
+        """() => [...document.querySelectorAll("button, input, select, textarea")]
+                  .filter(c => !c.hidden && c.type !== "hidden")
+                  .filter(c => !(c.getAttribute("aria-label") || c.labels?.length
+                                 || c.textContent.trim() || c.title))
+                  .map(c => c.outerHTML)"""
+    )
+    assert nameless == []
+
+    # The system's dark setting gives the dark scheme.
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    light = page.evaluate(background)
+    darks = browser.new_context(color_scheme="dark")
+    try:
+        dark = open_playground(darks, server).evaluate(background)
+    finally:
+        darks.close()
+    assert light != dark
+    luminance = [sum(map(int, re.findall(r"\d+", c)[:3])) for c in (light, dark)]
+    assert luminance[1] < luminance[0]
