@@ -144,6 +144,18 @@ class Metrics:
             buckets=_COMMIT_BUCKETS,
             registry=self.registry,
         )
+        self.provider_retries = Counter(
+            "turnstream_provider_retries",
+            "Model requests tried again after failing before their first token.",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.provider_fallbacks = Counter(
+            "turnstream_provider_fallbacks",
+            "Turns another model answered, as the one before it failed before its first token.",
+            ["model", "fallback"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "turnstream_rejected_requests",
             "Requests answered with a problem+json error, by its code.",

@@ -112,6 +112,7 @@ class Script:
         delay_s: Pause before each streamed chunk.
         status: An HTTP status >= 400 answers with an OpenAI-style error body instead.
         error_message: The ``error.message`` of that body.
+        retry_after: A ``Retry-After`` header sent with that error, when set.
         break_after: Drop the connection mid-body after this many reasoning, answer
             or tool-call chunks (no terminating chunk, so the client sees a broken
             stream).
@@ -128,6 +129,7 @@ class Script:
     delay_s: float = 0.0
     status: int = 200
     error_message: str = "Something went wrong on the fake server."
+    retry_after: str | None = None
     break_after: int | None = None
     done: bool = True
 
@@ -185,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(404, f"Unknown path {self.path}")
             return
         if script.status >= 400:
-            self._send_error(script.status, script.error_message)
+            self._send_error(script.status, script.error_message, script.retry_after)
             return
         try:
             if body.get("stream"):
@@ -196,19 +198,24 @@ class _Handler(BaseHTTPRequestHandler):
             # The client gave up (a timeout test); nothing left to say.
             self.close_connection = True
 
-    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
+    def _send_json(
+        self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_error(self, status: int, message: str) -> None:
+    def _send_error(self, status: int, message: str, retry_after: str | None = None) -> None:
         error_type = _ERROR_TYPES.get(status, "server_error")
         self._send_json(
             status,
             {"error": {"message": message, "type": error_type, "param": None, "code": None}},
+            {"Retry-After": retry_after} if retry_after is not None else None,
         )
 
     def _complete(self, body: dict[str, Any], script: Script) -> None:
@@ -368,6 +375,7 @@ class FakeOpenAI:
         delay_s: float = Script.delay_s,
         status: int = Script.status,
         error_message: str = Script.error_message,
+        retry_after: str | None = Script.retry_after,
         break_after: int | None = Script.break_after,
         done: bool = Script.done,
     ) -> Script:
@@ -385,6 +393,7 @@ class FakeOpenAI:
             delay_s: Pause before each streamed chunk.
             status: An HTTP error status to fail with (>= 400).
             error_message: The error body's ``error.message``.
+            retry_after: A ``Retry-After`` header sent with the error.
             break_after: Drop the connection after this many streamed chunks.
             done: Whether to end the stream with ``data: [DONE]``.
 
@@ -402,6 +411,7 @@ class FakeOpenAI:
             delay_s=delay_s,
             status=status,
             error_message=error_message,
+            retry_after=retry_after,
             break_after=break_after,
             done=done,
         )

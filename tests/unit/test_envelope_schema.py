@@ -94,6 +94,14 @@ def one_event_of_each_type() -> list[tuple[DomainEvent, Any, Any]]:
         turn(Turn.ReasoningAppended, 2, text="Thinking"),
         turn(Turn.TokensAppended, 3, text="Hel"),
         turn(Turn.Titled, 4, title="Greetings"),
+        turn(
+            Turn.FellBack,
+            4,
+            model="local",
+            from_model="gpt",
+            code="provider_error",
+            message="the model server answered HTTP 503",
+        ),
         turn(Turn.ToolCallStarted, 5, call_id="call_1", name="weather"),
         turn(Turn.ToolArgumentsAppended, 6, call_id="call_1", text='{"city":'),
         turn(

@@ -37,6 +37,7 @@ SUBJECT_TYPES: dict[type[DomainEvent], str] = {
     Turn.ReasoningAppended: "reasoning",
     Turn.TokensAppended: "token",
     Turn.Titled: "title",
+    Turn.FellBack: "fell_back",
     Turn.ToolCallStarted: "tool_call_started",
     Turn.ToolArgumentsAppended: "tool_arguments",
     Turn.ToolCallReady: "tool_call",

@@ -75,6 +75,20 @@ class TitleDraft(Draft):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackDraft(Draft):
+    model: str
+    from_model: str
+    code: str
+    message: str
+
+    def event(self, version: int) -> Turn.FellBack:
+        return Turn.FellBack(
+            originator_id=self.turn_id, originator_version=version, timestamp=self.at,
+            model=self.model, from_model=self.from_model, code=self.code, message=self.message,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FinishDraft(Draft):
     TERMINAL: ClassVar[bool] = True
 
@@ -274,6 +288,13 @@ class TurnProgress:
             return None
         self.titled = True
         return TitleDraft(turn_id=self.turn_id, title=title)
+
+    def fall_back(self, *, model: str, from_model: str, code: str, message: str) -> FallbackDraft:
+        """Another model answers from here on: ``from_model`` failed before any token."""
+        self._check_running()
+        return FallbackDraft(
+            turn_id=self.turn_id, model=model, from_model=from_model, code=code, message=message
+        )
 
     def finish(self, *, finish_reason: str, usage: TurnUsage) -> FinishDraft:
         return self._end_with("completed", finish_reason, usage)

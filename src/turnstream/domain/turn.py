@@ -99,6 +99,17 @@ class Turn:
 
         title: str
 
+    class FellBack(TurnEvent, frozen=True, kw_only=True):
+        """Another model answers: ``from_model`` failed before its first token (after its
+        retries), for the reason given. ``Started.model`` stays the one asked for."""
+
+        TOPIC = "turnstream.turn.fell_back.v1"
+
+        model: str
+        from_model: str
+        code: str
+        message: str
+
     # The events of tools (``turnstream.domain.toolevents``), named here like the rest.
     ToolCallStarted: TypeAlias = toolevents.ToolCallStarted
     ToolArgumentsAppended: TypeAlias = toolevents.ToolArgumentsAppended
@@ -136,6 +147,8 @@ class Turn:
         self.text = started.prefix
         self.reasoning = started.reasoning_prefix
         self.title: str | None = None
+        self.served_by = started.model
+        """The model that answers: the one asked for, unless the turn fell back."""
         self.status: TurnStatus = "running"
         self.finish_reason: str | None = None
         self.usage: TurnUsage | None = None
@@ -196,6 +209,8 @@ class Turn:
             self.steps_usage = add_usage(self.steps_usage, event.usage)
         elif isinstance(event, Turn.Titled):
             self.title = event.title
+        elif isinstance(event, Turn.FellBack):
+            self.served_by = event.model
         elif isinstance(event, Turn.Finished):
             self.status = event.status
             self.text = event.text

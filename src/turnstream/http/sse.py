@@ -94,6 +94,7 @@ SSE_EVENTS: dict[type[TurnEvent], tuple[str, Callable[[Any], dict[str, Any]]]] =
     Turn.ReasoningAppended: ("reasoning", _text),
     Turn.TokensAppended: ("token", _text),
     Turn.Titled: ("title", lambda e: {"title": e.title}),
+    Turn.FellBack: ("model.fallback", _fields("model", "from_model", "code", "message")),
     Turn.ToolCallStarted: ("tool_call.started", _fields("call_id", "name")),
     Turn.ToolArgumentsAppended: ("tool_call.arguments", _fields("call_id", "text")),
     Turn.ToolCallReady: ("tool_call", _fields("call_id", "name", "arguments", "kind", "server")),

@@ -99,6 +99,9 @@ class UiStream:
         if isinstance(event, Turn.Titled):
             title = {"type": "data-title", "id": "title", "data": {"title": event.title}}
             return [*self._open_message(), title]
+        if isinstance(event, Turn.FellBack):
+            served = {"model": event.model, "fallback_from": event.from_model}
+            return [*self._open_message(), {"type": "message-metadata", "messageMetadata": served}]
         if isinstance(event, Turn.ToolCallStarted | Turn.ToolArgumentsAppended):
             return self._call_input(event)
         if isinstance(event, Turn.ToolCallReady):

@@ -33,7 +33,13 @@ CONVERSATION_TOPICS = (
     Conversation.Deleted.TOPIC,
     Conversation.Claimed.TOPIC,
 )
-TURN_TOPICS = (Turn.Started.TOPIC, Turn.Titled.TOPIC, Turn.Finished.TOPIC, Turn.Failed.TOPIC)
+TURN_TOPICS = (
+    Turn.Started.TOPIC,
+    Turn.Titled.TOPIC,
+    Turn.FellBack.TOPIC,
+    Turn.Finished.TOPIC,
+    Turn.Failed.TOPIC,
+)
 """The turn events of a turn's start and end (the conversation list reads these too)."""
 
 
@@ -163,6 +169,18 @@ class MessageTree(BatchProjection):
                         "active_turn_id = %s"
                     ),
                     (event.title, event.originator_id),
+                )
+            ]
+        if isinstance(event, Turn.FellBack):
+            # The answer's model is the one that wrote it (the turn's Started event keeps
+            # the one asked for).
+            return [
+                (
+                    self.q(
+                        "UPDATE {tree_messages} SET model = %s WHERE turn_id = %s"
+                        " AND role = 'assistant'"
+                    ),
+                    (event.model, event.originator_id),
                 )
             ]
         if isinstance(event, Turn.Finished | Turn.Failed):

@@ -82,11 +82,25 @@ Chunk = TextDelta | ReasoningDelta | ToolCallBegun | ToolCallArguments | Complet
 
 
 class ProviderError(Exception):
-    """The provider failed (unreachable, refused, broke off). The message is safe to show."""
+    """The provider failed (unreachable, refused, broke off). The message is safe to show.
 
-    def __init__(self, message: str, *, code: str = "provider_error") -> None:
+    ``retryable``: the same request may well succeed later (a timeout, a broken
+    connection, HTTP 429 or 5xx), as opposed to a refusal of the request itself.
+    ``retry_after_s``: how long the server asked to be left alone, if it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "provider_error",
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class Provider(Protocol):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import cast
 
 import msgspec
@@ -52,6 +54,24 @@ def _reasoning_of(delta: ChoiceDelta) -> str | None:
     return None
 
 
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait a server asked for: ``retry-after-ms`` (OpenAI's), else ``retry-after``
+    in seconds or as an HTTP date; None when it asked for none (or nonsense)."""
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(float(ms) / 1000, 0.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def _server_message(body: object) -> str | None:
     """The ``message`` of an OpenAI-style error body, if the server sent one."""
     if isinstance(body, dict):
@@ -80,17 +100,23 @@ def _provider_error(
         return ProviderError(
             f"the model server did not answer within {model.timeout_s:g}s",
             code="provider_timeout",
+            retryable=True,
         )
     if isinstance(exc, openai.APIStatusError):
         message = f"the model server answered HTTP {exc.status_code}"
         detail = _server_message(exc.body)
         if detail:
             message += ": " + _redact(detail, api_key)
-        return ProviderError(message)
+        busy = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+        return ProviderError(
+            message, retryable=busy, retry_after_s=retry_after(exc.response.headers)
+        )
     if isinstance(exc, openai.APIConnectionError):
         if streaming:
-            return ProviderError("the connection to the model server broke off mid-answer")
-        return ProviderError("the model server could not be reached")
+            return ProviderError(
+                "the connection to the model server broke off mid-answer", retryable=True
+            )
+        return ProviderError("the model server could not be reached", retryable=True)
     if isinstance(exc, openai.APIError):
         # An error event inside an otherwise healthy stream.
         detail = _server_message(exc.body) or exc.message

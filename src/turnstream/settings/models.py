@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -36,6 +36,15 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """How long the provider may stay silent before the turn fails."""
     mcp_servers: tuple[str, ...] = ()
     """The ids of the MCP servers (``[[mcp_servers]]``) whose tools this model may call."""
+    retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    """How often a request that failed before its first token is tried again, when the
+    failure may pass (a timeout, a broken connection, HTTP 408, 409, 429 or 5xx)."""
+    retry_backoff_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    """The wait before the first retry; it doubles each time, with jitter. A server's
+    ``Retry-After`` is honoured when longer (up to a minute; beyond, no retry)."""
+    fallback: tuple[str, ...] = ()
+    """Other configured models that answer, in order, when this one still fails before
+    its first token."""
 
     @property
     def provider_model(self) -> str:
@@ -139,6 +148,13 @@ class ModelSettings(
             if entry.title_model is not None and entry.title_model not in models:
                 msg = f"model {entry.id!r} names an unknown title_model {entry.title_model!r}"
                 raise SettingsError(msg)
+            for other in entry.fallback:
+                if other == entry.id:
+                    msg = f"model {entry.id!r} names itself as a fallback"
+                    raise SettingsError(msg)
+                if other not in models:
+                    msg = f"model {entry.id!r} names an unknown fallback model {other!r}"
+                    raise SettingsError(msg)
             for server in entry.mcp_servers:
                 if server not in servers:
                     msg = f"model {entry.id!r} names an unknown MCP server {server!r}"

@@ -39,6 +39,7 @@ from turnstream.providers.base import (
 )
 from turnstream.providers.title import heuristic_title, llm_title
 from turnstream.settings import ModelConfig, ToolSettings
+from turnstream.usecases.failover import Failover
 from turnstream.usecases.registry import RunningTurn, RunningTurns
 from turnstream.usecases.toolbox import NoServerTools, Offered, ServerTools, step_messages
 
@@ -78,6 +79,7 @@ class TurnRunner:
         self.tools = tools or ToolSettings()
         self.server_tools = server_tools or NoServerTools()
         self.reserve_step = reserve_step
+        self.failover = Failover(providers, models, metrics)
 
     def launch(self, turn: RunningTurn) -> None:
         """Register the turn and start its runner task."""
@@ -113,7 +115,17 @@ class TurnRunner:
         try:
             if turn.first_turn and not progress.titled:
                 title_task = self._title_task(turn)
-            provider = self.providers.for_model(turn.model)
+            serving = turn.model  # until a fallback model answers instead
+
+            def fall_back(model: ModelConfig, failed: ModelConfig, exc: ProviderError) -> None:
+                nonlocal serving
+                serving = model
+                hand(
+                    progress.fall_back(
+                        model=model.id, from_model=failed.id, code=exc.code, message=str(exc)
+                    )
+                )
+
             offered = Offered.for_turn(
                 progress.tools, self.server_tools.tools_for(turn.model.mcp_servers)
             )
@@ -141,7 +153,8 @@ class TurnRunner:
                 usage: Usage | None = None
                 finish_reason = "stop"
                 text_before = progress.generated_text
-                async for chunk in provider.stream(turn.model, messages, offered.specs):
+                stream = self.failover.stream(serving, messages, offered.specs, fall_back)
+                async for chunk in stream:
                     if isinstance(chunk, TextDelta):
                         hand(progress.append_text(chunk.text))
                     elif isinstance(chunk, ReasoningDelta):
