@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Locator, Page, expect
 
 from tests.support.inprocess import InProcessServer
 from tests.support.server import Frame, parse_sse
@@ -89,10 +89,13 @@ def turn_frames(server: InProcessServer, cid: str, tid: str) -> list[Frame]:
         return [f for f in parse_sse(r.iter_lines()) if isinstance(f, Frame)]
 
 
-def finished_answer(page: Page, server: InProcessServer, cid: str, status: str) -> Frame:
-    """Wait for the answer to reach ``status``; returns its turn's ``final`` frame, after
-    checking that the page shows exactly its text and the API stores the same."""
-    answer = page.locator(ANSWER)
+def finished_answer(
+    page: Page, server: InProcessServer, cid: str, status: str, answer: Locator | None = None
+) -> Frame:
+    """Wait for the answer (the only one, unless ``answer`` picks one) to reach
+    ``status``; returns its turn's ``final`` frame, after checking that the page shows
+    exactly its text and the API stores the same."""
+    answer = answer or page.locator(ANSWER)
     expect(answer).to_have_attribute("data-status", status)
     message = stored(server, cid, answer.get_attribute("data-id"))
     final = turn_frames(server, cid, message["turn_id"])[-1]
@@ -100,3 +103,13 @@ def finished_answer(page: Page, server: InProcessServer, cid: str, status: str) 
     expect(answer.locator(".content")).to_have_text(final.data["text"])
     assert answer.locator(".content").text_content() == final.data["text"] == message["content"]
     return final
+
+
+def pane(page: Page, tid: str) -> list[list[Any]]:
+    """The events pane's frames of turn ``tid``, in the order shown: ``[seq, event]``."""
+    shown: list[list[Any]] = page.evaluate(
+        """tid => [...document.querySelectorAll(`#events li.frame[data-turn="${tid}"]`)]
+                  .map(li => [Number(li.dataset.seq), li.dataset.event])""",
+        tid,
+    )
+    return shown

@@ -27,6 +27,7 @@ from tests.browser.playground import (
     finished_answer,
     open_cid,
     open_playground,
+    pane,
     send,
     stored,
     turn_frames,
@@ -106,11 +107,7 @@ def test_a_reload_mid_turn_resumes_the_answer_without_a_gap_or_a_repeat(
     assert open_cid(page) == cid
 
     # Its frames: every one of the turn's once, in order, as the API has them.
-    shown = page.evaluate(
-        """tid => [...document.querySelectorAll(`#events li.frame[data-turn="${tid}"]`)]
-                  .map(li => [Number(li.dataset.seq), li.dataset.event])""",
-        tid,
-    )
+    shown = pane(page, tid)
     frames = turn_frames(server, cid, tid)
     assert [s for s, _ in shown] == list(range(1, final.data["seq"] + 1))
     assert shown == [[f.id, f.event] for f in frames]

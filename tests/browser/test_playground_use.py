@@ -23,8 +23,8 @@ from tests.browser.playground import (
     finished_answer,
     open_cid,
     open_playground,
+    pane,
     send,
-    stored,
     turn_frames,
     wait_streaming,
 )
@@ -192,24 +192,14 @@ def test_a_second_tab_follows_a_turn_another_tab_started(
     send(first, "And what are projections?")
     # The second tab, idle, notices the running turn and follows it as it streams.
     expect(second.locator(f"{ANSWER}[data-status=streaming]")).to_have_count(1)
-    answer = second.locator(ANSWER).last
-    expect(answer).to_have_attribute("data-status", "complete")
+    final = finished_answer(second, server, cid, "complete", second.locator(ANSWER).last)
     expect(second.locator(ANSWER)).to_have_count(2)
-    message = stored(server, cid, answer.get_attribute("data-id"))
-    final = turn_frames(server, cid, message["turn_id"])[-1]
-    assert final.event == "final"
-    expect(answer.locator(".content")).to_have_text(final.data["text"])
-    assert answer.locator(".content").text_content() == final.data["text"]
     expect(second.locator(QUESTION).last.locator(".content")).to_have_text(
         "And what are projections?"
     )
     # Its events pane lists each of the turn's frames once (it joined mid-turn: from 1).
     tid = final.data["turn_id"]
-    shown = second.evaluate(
-        """tid => [...document.querySelectorAll(`#events li.frame[data-turn="${tid}"]`)]
-                  .map(li => Number(li.dataset.seq))""",
-        tid,
-    )
+    shown = [seq for seq, _ in pane(second, tid)]
     assert shown == [f.id for f in turn_frames(server, cid, tid)]
 
 
@@ -245,11 +235,7 @@ def test_a_dropped_connection_is_shown_retried_and_loses_nothing(
         assert len(again) >= 2, requests
         assert again[0] is None
         assert all(last is not None and int(last) >= 1 for last in again[1:]), again
-        shown = page.evaluate(
-            """tid => [...document.querySelectorAll(`#events li.frame[data-turn="${tid}"]`)]
-                      .map(li => Number(li.dataset.seq))""",
-            tid,
-        )
+        shown = [seq for seq, _ in pane(page, tid)]
         assert shown == list(range(1, final.data["seq"] + 1))
         expect(status).to_have_attribute("data-state", "idle")
         # One turn: the attempts resumed the same turn, they did not start new ones.
